@@ -1,0 +1,131 @@
+"""Metrics and predictions as plain records (dicts and lists), for run.json, the CLI and the reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headstart.backbones import StagedModel
+from headstart.cache import decode_images
+from headstart.console import warn_skipped
+from headstart.data import ImageSet, load_class_folders
+from headstart.errors import HeadstartError
+from headstart.images import UnreadableImage, is_image_file, read_rgb
+from headstart.train import PixelDataset, pick_device, predict_batches
+from headstart.transforms import eval_transform, normalize_batch, to_store
+
+
+def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    return np.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """Accuracy, balanced accuracy (mean recall: honest on imbalanced data), per-class precision/recall."""
+    predicted = logits.argmax(1).numpy()
+    y = labels.numpy()
+    cm = confusion_matrix(predicted, y, len(classes))
+    support = cm.sum(1)
+    recall = np.divide(np.diag(cm), support, out=np.zeros(len(classes)), where=support > 0)
+    predicted_count = cm.sum(0)
+    precision = np.divide(np.diag(cm), predicted_count, out=np.zeros(len(classes)), where=predicted_count > 0)
+    present = support > 0
+    return {
+        "accuracy": float((predicted == y).mean()),
+        "balanced_accuracy": float(recall[present].mean()),
+        "n": int(len(y)),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)},
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+    }
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return float((top == labels[:, None]).any(1).float().mean())
+
+
+def evaluate_model(model: StagedModel, images: ImageSet, batch_size: int = 64, cache_dir=None, use_cache=True,
+                   device: str = "auto") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Logits and labels of `images` (unreadable files skipped, with a warning); also the kept indices."""
+    pre = model.preprocessing
+    decoded = decode_images(images, pre, cache_dir, use_cache, label="decode eval")
+    warn_skipped(decoded.skipped)
+    labels = torch.tensor([images.labels[i] for i in decoded.kept])
+    dev = pick_device(device)
+    model.to(dev)
+    loader = torch.utils.data.DataLoader(PixelDataset(decoded.pixels, labels, eval_transform(pre)), batch_size=batch_size)
+    logits, labels = predict_batches(model, loader, 0, pre, dev)
+    return logits, labels, decoded.kept
+
+
+def imagenet_images(folder: Path) -> ImageSet:
+    """A folder of ImageNet synset folders (n01440764/ ...) labelled with the 1000-class index."""
+    from timm.data import ImageNetInfo
+
+    synsets = ImageNetInfo().label_names()
+    index = {s: i for i, s in enumerate(synsets)}
+    found, _ = load_class_folders(folder)
+    unknown = [c for c in found.classes if c not in index]
+    if unknown:
+        raise HeadstartError(f"{folder}: folders must be ImageNet synsets (like n01440764); found {unknown[0]}")
+    return ImageSet(synsets, found.refs, [index[found.classes[y]] for y in found.labels])
+
+
+def evaluate_imagenet(model: StagedModel, folder: str | Path, **kwargs) -> dict:
+    """Top-1/top-5 of a model's own ImageNet head: the check that pretrained weights are loaded right."""
+    if model.num_classes != 1000:
+        raise HeadstartError(f"{model.name} has a {model.num_classes}-class head, not ImageNet's 1000")
+    logits, labels, _ = evaluate_model(model, imagenet_images(Path(folder)), **kwargs)
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5), "n": int(len(labels))}
+
+
+def images_to_predict(paths: list[str | Path]) -> list[Path]:
+    """Expand folders into their image files (recursively), keeping the given order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise HeadstartError(f"not found: {p}")
+    if not out:
+        raise HeadstartError("no images to predict")
+    return out
+
+
+@torch.no_grad()
+def predict_files(model: StagedModel, classes: list[str], paths: list[str | Path], top_k: int = 1,
+                  batch_size: int = 32) -> list[dict]:
+    """Top-k labels with probabilities for each file; unreadable files get an `error` instead."""
+    pre = model.preprocessing
+    model.eval()
+    results, batch, batch_paths = [], [], []
+
+    def flush() -> None:
+        x = eval_transform(pre)(torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2))
+        probs = model(normalize_batch(x, pre)).softmax(1)
+        top = probs.topk(min(top_k, len(classes)), dim=1)
+        for path, p, idx in zip(batch_paths, top.values, top.indices):
+            results.append({"path": str(path), "label": classes[idx[0]], "probability": float(p[0]),
+                            "top_k": [{"label": classes[j], "probability": float(q)} for q, j in zip(p, idx)]})
+        batch.clear()
+        batch_paths.clear()
+
+    files = images_to_predict(paths)
+    for path in files:
+        try:
+            batch.append(to_store(read_rgb(path), pre))
+            batch_paths.append(path)
+        except UnreadableImage as e:
+            results.append({"path": str(path), "error": str(e)})
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    order = {str(p): i for i, p in enumerate(files)}
+    return sorted(results, key=lambda r: order[r["path"]])

@@ -1,0 +1,1 @@
+"""Run directories -> figures and documents. Reads only the plain records that training wrote."""

@@ -1,0 +1,105 @@
+"""The run directory: plain files that everything downstream (evaluate, predict, reports) reads.
+
+    model.safetensors   best weights of the StagedModel (safetensors: no pickle, safe to load)
+    config.json         what rebuilds it: model name, classes, preprocessing, strategy, train config
+    run.json            results: best_val_accuracy, final_train_accuracy, times, parameter counts, ...
+    history.csv         one row per epoch: losses, accuracies, the LR of every group
+    curves.png, confusion.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from headstart.backbones import StagedModel, load_backbone
+from headstart.errors import HeadstartError
+from headstart.transforms import Preprocessing
+
+MODEL_FILE, CONFIG_FILE, RUN_FILE, HISTORY_FILE = "model.safetensors", "config.json", "run.json", "history.csv"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], config: dict) -> None:
+    """Weights and the config that rebuilds them, each replaced atomically (an interrupted write never
+    leaves a half file where the last good checkpoint was)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (MODEL_FILE + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "headstart-staged-v1"})
+    os.replace(tmp, run_dir / MODEL_FILE)
+    write_json(run_dir / CONFIG_FILE, config)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def load_run(run_dir: str | Path) -> tuple[StagedModel, dict]:
+    """The fine-tuned model of a run directory, in eval mode, and its config."""
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise HeadstartError(f"{run_dir} is not a run directory (no {MODEL_FILE} and {CONFIG_FILE})")
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    model = load_backbone(config["model"], pretrained=False)
+    model.reset_head(len(config["classes"]))
+    model.load_state_dict(load_file(str(run_dir / MODEL_FILE)))
+    model.preprocessing = Preprocessing.from_dict(config["preprocessing"])
+    model.pretrained, model.weights = True, f"run {run_dir}"
+    return model.eval(), config
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    fields = list(history[0])
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def read_history(path: Path) -> list[dict]:
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: _number(v) for k, v in row.items()} for row in rows]
+
+
+def _number(value: str):
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+def read_run(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / RUN_FILE).read_text())

@@ -1,0 +1,168 @@
+"""Fine-tuning strategies as data.
+
+A strategy says, and only says: whether to start from pretrained weights; which stage groups train in
+which epochs (its phases); the learning rates (head, top backbone group, and the decay toward the stem);
+what happens to BatchNorm in frozen groups; its default augmentation and epochs. The training loop in
+`train.py` reads it; there is no strategy class hierarchy and no callback.
+
+    scratch   random init, everything trains at one LR          (the control)
+    linear    frozen pretrained backbone, new head              (feature extraction)
+    partial   last k stage groups + head                        (default k = 1)
+    full      every group, discriminative LRs                   (head >> top stage >> ... >> stem)
+    gradual   head first, then one more stage group every `unfreeze_every` epochs (ULMFiT-style)
+    lp-ft     linear probe first, then every group              (Kumar et al., 2022: protects features)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from torch import nn
+
+from headstart.backbones import HEAD, StagedModel
+from headstart.errors import HeadstartError
+
+
+@dataclass(frozen=True)
+class Phase:
+    """From `start_epoch` on, the last `train_last` backbone stage groups train (None: all), plus the head."""
+
+    start_epoch: int
+    train_last: int | None
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    description: str
+    pretrained: bool = True
+    phases: tuple[Phase, ...] = (Phase(0, 0),)
+    unfreeze_every: int = 0  # > 0: phases are generated, one more stage group every this many epochs
+    head_lr: float = 1e-3
+    lr: float = 1e-4  # the top backbone stage group; each group nearer the stem gets `lr_decay` times less
+    lr_decay: float = 0.5
+    frozen_bn_eval: bool = True  # frozen groups keep BatchNorm in eval mode: running stats stay pretrained
+    augment: str = "light"
+    epochs: int = 10
+
+    def phases_for(self, num_stages: int) -> tuple[Phase, ...]:
+        if self.unfreeze_every <= 0:
+            return self.phases
+        return tuple(Phase(i * self.unfreeze_every, i) for i in range(num_stages + 1))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Strategy:
+        return cls(**{**d, "phases": tuple(Phase(**p) for p in d["phases"])})
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("scratch", "random init, all layers train (the control)", pretrained=False,
+                 phases=(Phase(0, None),), head_lr=2e-3, lr=2e-3, lr_decay=1.0, augment="light", epochs=10),
+        Strategy("linear", "frozen pretrained backbone, new head (feature extraction)",
+                 phases=(Phase(0, 0),), head_lr=3e-3, augment="none", epochs=10),
+        Strategy("partial", "last stage group(s) + head fine-tuned, the rest frozen",
+                 phases=(Phase(0, 1),), head_lr=2e-3, lr=5e-4, lr_decay=0.5, augment="light", epochs=10),
+        Strategy("full", "all layers fine-tuned, discriminative learning rates",
+                 phases=(Phase(0, None),), head_lr=1e-3, lr=2e-4, lr_decay=0.6, augment="light", epochs=10),
+        Strategy("gradual", "head first, then unfreeze one stage group per phase",
+                 unfreeze_every=1, head_lr=2e-3, lr=5e-4, lr_decay=0.6, augment="light", epochs=10),
+        Strategy("lp-ft", "linear probe, then fine-tune all layers from that head",
+                 phases=(Phase(0, 0), Phase(3, None)), head_lr=2e-3, lr=2e-4, lr_decay=0.6, augment="light", epochs=10),
+    )
+}
+
+
+def get_strategy(name: str, *, train_last: int | None = None, **overrides) -> Strategy:
+    """The named strategy, with any field overridden (`train_last` sets k for `partial`)."""
+    if name not in STRATEGIES:
+        raise HeadstartError(f"unknown strategy '{name}': choose from {', '.join(STRATEGIES)}")
+    strategy = STRATEGIES[name]
+    if train_last is not None:
+        if name != "partial":
+            raise HeadstartError("--train-last applies to the partial strategy only")
+        strategy = replace(strategy, phases=(Phase(0, train_last),))
+    return replace(strategy, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def phase_at(strategy: Strategy, num_stages: int, epoch: int) -> Phase:
+    return [p for p in strategy.phases_for(num_stages) if p.start_epoch <= epoch][-1]
+
+
+def trainable_groups(strategy: Strategy, stage_names: list[str], epoch: int) -> list[str]:
+    """Names of the groups that train in `epoch` (0-based): the head, and the last k stage groups."""
+    k = phase_at(strategy, len(stage_names), epoch).train_last
+    k = len(stage_names) if k is None else min(k, len(stage_names))
+    return [*stage_names[len(stage_names) - k :], HEAD]
+
+
+def group_learning_rates(strategy: Strategy, stage_names: list[str]) -> dict[str, float]:
+    """The LR of every group: `head_lr` for the head, `lr` for the top stage group, and `lr_decay` times less
+    for each group below it (discriminative fine-tuning: early, generic features move least)."""
+    n = len(stage_names)
+    rates = {name: strategy.lr * strategy.lr_decay ** (n - 1 - i) for i, name in enumerate(stage_names)}
+    rates[HEAD] = strategy.head_lr
+    return rates
+
+
+def apply_trainable(model: StagedModel, trainable: list[str]) -> None:
+    """Freezing is one visible line per group: requires_grad follows the strategy."""
+    for name in model.group_names:
+        model.group(name).requires_grad_(name in trainable)
+
+
+def set_train_mode(model: StagedModel, trainable: list[str], strategy: Strategy) -> None:
+    """model.train(), except frozen groups, whose BatchNorm (and dropout) stay in eval mode so their
+    running statistics keep describing the pretraining data instead of drifting with a few small batches."""
+    model.train()
+    if strategy.frozen_bn_eval:
+        for name in model.group_names:
+            if name not in trainable:
+                model.group(name).eval()
+
+
+def parameter_groups(model: StagedModel, strategy: Strategy, weight_decay: float) -> list[dict]:
+    """One optimizer group per stage group (and one without weight decay for its biases and norm weights),
+    each at its own LR. Frozen groups are included: they get gradients only once a phase unfreezes them."""
+    rates = group_learning_rates(strategy, model.stage_names)
+    groups = []
+    for name in model.group_names:
+        decay, no_decay = [], []
+        for p in model.group(name).parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if params:
+                groups.append({"params": params, "lr": rates[name], "weight_decay": wd, "group": name})
+    return groups
+
+
+def describe_strategy(strategy: Strategy, model: StagedModel, epoch: int = 0) -> list[dict]:
+    """Per group: parameters, trainable now or not, LR, BN mode — what `inspect` and every run print."""
+    from headstart.backbones import count_params
+
+    trainable = trainable_groups(strategy, model.stage_names, epoch)
+    rates = group_learning_rates(strategy, model.stage_names)
+    rows = []
+    for name in model.group_names:
+        module = model.group(name)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+        rows.append({
+            "group": name,
+            "params": count_params(module),
+            "trainable": name in trainable,
+            "lr": rates[name] if name in trainable else 0.0,
+            "batchnorm": ("train" if name in trainable else "eval (frozen stats)") if has_bn else "-",
+            "unfreezes_at_epoch": _unfreeze_epoch(strategy, model.stage_names, name),
+        })
+    return rows
+
+
+def _unfreeze_epoch(strategy: Strategy, stage_names: list[str], name: str) -> int | None:
+    for phase in strategy.phases_for(len(stage_names)):
+        if name in trainable_groups(strategy, stage_names, phase.start_epoch):
+            return phase.start_epoch
+    return None

@@ -1,0 +1,317 @@
+"""The training loop: one explicit loop that every strategy runs.
+
+    for epoch:
+        trainable = strategy's groups for this epoch        (phases: linear, partial, gradual, lp-ft ...)
+        requires_grad and BN mode follow it                 (frozen BatchNorm stays in eval mode)
+        if the frozen prefix changed: recompute its cached activations
+        train_one_epoch -> evaluate -> history row -> best checkpoint -> early stopping
+
+Batches are either uint8 images (normalised here, on the device, then pushed through the frozen prefix
+without a graph) or cached prefix activations; `forward_batch` tells them apart by dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from headstart.backbones import HEAD, StagedModel, count_params
+from headstart.console import console, info
+from headstart.features import prefix_activations
+from headstart.progress import progress_bar
+from headstart.strategies import (
+    Strategy,
+    apply_trainable,
+    parameter_groups,
+    set_train_mode,
+    trainable_groups,
+)
+from headstart.transforms import Preprocessing, eval_transform, normalize_batch, train_transform
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run besides the data. None means "the strategy's / model's default"."""
+
+    model: str = "efficientnet_lite0"
+    strategy: str = "linear"
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float | None = None
+    head_lr: float | None = None
+    lr_decay: float | None = None
+    train_last: int | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    augment: str | None = None
+    views: int = 0  # linear + augmentation: augmented views per image whose features are cached
+    patience: int | None = 5
+    seed: int = 0
+    image_size: int | None = None
+    weights: str | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    device: str = "auto"
+    num_workers: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Split:
+    """Decoded images (N x S x S x 3 uint8) and their labels, plus a key that names their content."""
+
+    pixels: np.ndarray
+    labels: torch.Tensor
+    key: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_val_accuracy: float
+    best_state: dict[str, torch.Tensor]
+    interrupted: bool = False
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class PixelDataset(Dataset):
+    """uint8 store -> transformed uint8 C x H x W tensor; no float work and no PIL in the workers."""
+
+    def __init__(self, pixels: np.ndarray, labels: torch.Tensor, transform):
+        self.pixels, self.labels, self.transform = pixels, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = torch.from_numpy(np.array(self.pixels[i])).permute(2, 0, 1)
+        return self.transform(img), self.labels[i]
+
+
+class ViewsDataset(Dataset):
+    """Cached features of V augmented views per image: each epoch draws one view per image."""
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        self.views, self.labels, self.generator = views, labels, generator
+        self.choice = torch.zeros(len(labels), dtype=torch.long)
+
+    def new_epoch(self) -> None:
+        self.choice = torch.randint(0, len(self.views), (len(self.labels),), generator=self.generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.views[self.choice[i], i], self.labels[i]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def default_workers(augment: str) -> int:
+    """Augmentation runs in worker processes only when there is a core to spare for it."""
+    if augment == "none":
+        return 0
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def first_trainable_stage(model: StagedModel, trainable: list[str]) -> int:
+    """Index of the first stage group that trains; everything before it is a frozen prefix."""
+    for i, name in enumerate(model.stage_names):
+        if name in trainable:
+            return i
+    return len(model.stage_names)
+
+
+def forward_batch(model: StagedModel, x: torch.Tensor, start: int, pre: Preprocessing) -> torch.Tensor:
+    """Logits for a batch of uint8 images or of cached prefix activations (told apart by dtype)."""
+    if x.dtype == torch.uint8:
+        x = normalize_batch(x, pre)
+        if start > 0:
+            with torch.no_grad():  # the frozen prefix: no graph, no activations kept for backward
+                x = model.forward_to(x, start)
+    return model(x, start=start)
+
+
+def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(groups)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+    raise ValueError(f"optimizer must be adamw or sgd, got {name!r}")
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up from 1% of each group's LR, then cosine decay to zero, stepped per batch."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    warmup_steps = max(1, min(warmup_steps, total_steps - 1))
+    return SequentialLR(
+        optimizer,
+        [LinearLR(optimizer, start_factor=0.01, total_iters=warmup_steps),
+         CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))],
+        milestones=[warmup_steps],
+    )
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {g["group"]: g["lr"] for g in optimizer.param_groups}
+
+
+def train_one_epoch(model, batches, start, pre, optimizer, scheduler, device, label_smoothing, bar=None, task=None):
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = forward_batch(model, x, start, pre)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        if bar is not None:
+            bar.update(task, advance=len(y), description=f"  train loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def predict_batches(model, batches, start, pre, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for every batch, with the model in eval mode."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = forward_batch(model, x.to(device), start, pre)
+        all_logits.append(logits.float().cpu())
+        all_labels.append(y)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def fit(
+    model: StagedModel,
+    strategy: Strategy,
+    train: Split,
+    val: Split,
+    cfg: TrainConfig,
+    *,
+    on_checkpoint=None,
+    on_epoch=None,
+) -> FitResult:
+    """Train `model` under `strategy`; keep the best-on-val weights. Ctrl-C stops cleanly after the batch.
+
+    `on_checkpoint(state, epoch)` is called whenever val accuracy improves (the run directory saves it at
+    once, so an interruption or a crash loses nothing); `on_epoch(history)` after every epoch.
+    """
+    device = pick_device(cfg.device)
+    pre = model.preprocessing
+    model.to(device).to(memory_format=torch.channels_last)
+    epochs = cfg.epochs or strategy.epochs
+    augment = cfg.augment or strategy.augment
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, strategy, cfg.weight_decay))
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    workers = cfg.num_workers if cfg.num_workers is not None else default_workers(augment)
+    last_phase_start = max(p.start_epoch for p in strategy.phases_for(len(model.stage_names)))
+
+    history: list[dict] = []
+    best_acc, best_epoch, best_state, stale = -1.0, -1, {}, 0
+    trainable: list[str] | None = None
+    interrupted = stopped_early = False
+    t_start = time.perf_counter()
+
+    def loaders(start: int):
+        """Train and val batches for a frozen prefix [0, start): cached activations where they are fixed."""
+        set_train_mode(model, trainable, strategy)  # frozen groups in eval mode before computing anything
+        common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache, batch_size=64)
+        val_acts = prefix_activations(model, val.pixels, start, **common, source_key=val.key) if start else None
+        val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=64) if val_acts is not None
+                       else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=64))
+        train_acts = None
+        if start and (augment == "none" or cfg.views):
+            views = cfg.views if augment != "none" else 0
+            train_acts = prefix_activations(model, train.pixels, start, **common, source_key=train.key,
+                                            views=views, augment_transform=train_transform(pre, augment), seed=cfg.seed)
+        if train_acts is not None:
+            dataset = ViewsDataset(train_acts, train.labels, generator) if train_acts.ndim > 1 and cfg.views and augment != "none" else TensorDataset(train_acts, train.labels)
+            return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator), val_batches
+        dataset = PixelDataset(train.pixels, train.labels, train_transform(pre, augment))
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                            num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+        return loader, val_batches
+
+    try:
+        with progress_bar(transient=True) as bar:
+            epoch_task = bar.add_task(f"{strategy.name}", total=epochs)
+            for epoch in range(epochs):
+                now = trainable_groups(strategy, model.stage_names, epoch)
+                if now != trainable:
+                    trainable = now
+                    apply_trainable(model, trainable)
+                    start = first_trainable_stage(model, trainable)
+                    train_batches, val_batches = loaders(start)
+                    info(f"epoch {epoch + 1}: training {', '.join(trainable)} "
+                         f"({count_params(model, trainable_only=True):,} parameters); frozen prefix: {start} stage groups")
+                if isinstance(train_batches.dataset, ViewsDataset):
+                    train_batches.dataset.new_epoch()
+                t0 = time.perf_counter()
+                set_train_mode(model, trainable, strategy)
+                lrs = group_lrs(optimizer)
+                batch_task = bar.add_task("  train", total=len(train))
+                train_loss, train_acc = train_one_epoch(model, train_batches, start, pre, optimizer, scheduler,
+                                                        device, cfg.label_smoothing, bar, batch_task)
+                bar.remove_task(batch_task)
+                logits, labels = predict_batches(model, val_batches, start, pre, device)
+                val_loss = F.cross_entropy(logits, labels).item()
+                val_acc = (logits.argmax(1) == labels).float().mean().item()
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                       "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
+                       "trainable": "+".join(trainable),
+                       **{f"lr_{g}": (lrs[g] if g in trainable else 0.0) for g in model.group_names}}
+                history.append(row)
+                improved = val_acc > best_acc
+                if improved:
+                    best_acc, best_epoch, stale = val_acc, epoch + 1, 0
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    if on_checkpoint:
+                        on_checkpoint(best_state, epoch + 1)
+                else:
+                    stale += 1
+                console.print(f"epoch {epoch + 1:>3}/{epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
+                              f"val loss {val_loss:.3f} acc {val_acc:.3f}{'  *' if improved else ''}  "
+                              f"({row['seconds']:.1f}s)")
+                bar.advance(epoch_task)
+                if on_epoch:
+                    on_epoch(history)
+                if cfg.patience and stale >= cfg.patience and epoch + 1 > last_phase_start:
+                    stopped_early = True
+                    info(f"early stop: val accuracy has not improved for {cfg.patience} epochs")
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[bold]interrupted[/]: keeping the best checkpoint so far")
+    return FitResult(history, best_epoch, best_acc, best_state, interrupted, time.perf_counter() - t_start, stopped_early)
