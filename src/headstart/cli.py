@@ -1,0 +1,211 @@
+"""The `headstart` command: a thin typer layer over `headstart.api`.
+
+Each command parses flags into the library's own types, calls one API function, and prints the result
+(a rich table for people, `--json` for programs). A `HeadstartError` becomes one red line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from functools import wraps
+from pathlib import Path
+
+import typer
+
+from headstart.console import console
+from headstart.errors import HeadstartError
+
+app = typer.Typer(help="Fine-tune pretrained image models on small datasets, and see which way works.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+DATA_HELP = "Folder with train/ and val/ class folders, a folder of class folders, a CSV (path,label) or 'fashion-mnist'."
+
+
+def friendly_errors(fn):
+    """User mistakes end in one line and exit 2, not a traceback; Ctrl-C outside training exits 130."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HeadstartError as e:
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def split_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    model: str = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME."),
+    strategy: str = typer.Option("linear", help="scratch | linear | partial | full | gradual | lp-ft"),
+    out: Path = typer.Option(None, help="Run directory (default runs/<strategy>-<time>)."),
+    epochs: int = typer.Option(None, help="Epochs (default: the strategy's)."),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(None, help="LR of the top backbone stage group."),
+    head_lr: float = typer.Option(None, help="LR of the new head."),
+    lr_decay: float = typer.Option(None, help="LR factor per stage group toward the stem."),
+    train_last: int = typer.Option(None, help="partial: how many last stage groups train (default 1)."),
+    optimizer: str = typer.Option("adamw", help="adamw | sgd"),
+    weight_decay: float = typer.Option(0.01),
+    label_smoothing: float = typer.Option(0.1),
+    warmup_epochs: float = typer.Option(1.0),
+    augment: str = typer.Option(None, help="none | light | strong (default: the strategy's)."),
+    views: int = typer.Option(0, help="linear with --augment: cache features of this many augmented views per image."),
+    patience: int = typer.Option(5, help="Early stopping: epochs without val improvement (0: off)."),
+    seed: int = typer.Option(0),
+    image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
+    weights: Path = typer.Option(None, help="State dict file to start from instead of the default weights."),
+    val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
+    classes: str = typer.Option(None, help="Comma-separated subset of classes."),
+    per_class: int = typer.Option(None, help="Subsample training data to N images per class."),
+    cache_dir: Path = typer.Option(None, help="Cache folder (default $HEADSTART_CACHE or ~/.cache/headstart)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the on-disk caches."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print run.json to stdout."),
+):
+    """Fine-tune a pretrained backbone on DATA with one strategy; write a run directory."""
+    from headstart.api import train as train_run
+    from headstart.train import TrainConfig
+
+    cfg = TrainConfig(model=model, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr,
+                      lr_decay=lr_decay, train_last=train_last, optimizer=optimizer, weight_decay=weight_decay,
+                      label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, views=views,
+                      patience=patience or None, seed=seed, image_size=image_size,
+                      weights=str(weights) if weights else None, cache_dir=str(cache_dir) if cache_dir else None,
+                      use_cache=not no_cache, device=device)
+    run = train_run(data, cfg, out, val_fraction=val_fraction, classes=split_list(classes), per_class=per_class,
+                    command=shlex.join(["headstart", *sys.argv[1:]]))
+    if as_json:
+        print_json(run)
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    model_or_run: str = typer.Argument(..., help="A run directory, or a pretrained model name (ImageNet head)."),
+    data: Path = typer.Argument(..., help="Class folders (a run) or ImageNet synset folders (a model name)."),
+    as_json: bool = typer.Option(False, "--json"),
+    out: Path = typer.Option(None, help="Where to write confusion.png (runs only; default: the run directory)."),
+):
+    """Accuracy of a fine-tuned run on labelled data, or of a pretrained model on ImageNet folders."""
+    from headstart.api import evaluate as evaluate_api
+    from headstart.runs import is_run_dir
+
+    result = evaluate_api(model_or_run, data)
+    if is_run_dir(model_or_run):
+        from headstart.report.plots import plot_confusion
+
+        target = (out or Path(model_or_run)) / "confusion_eval.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion(result["confusion_matrix"], result["classes"], target, f"accuracy {result['accuracy']:.3f}")
+        result["confusion_png"] = str(target)
+    if as_json:
+        print_json(result)
+        return
+    if "top1" in result:
+        console.print(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  on {result['n']} images")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"accuracy {result['accuracy']:.4f} · balanced {result['balanced_accuracy']:.4f} · n={result['n']}")
+    for col in ("class", "precision", "recall", "support"):
+        table.add_column(col)
+    for name, m in result["per_class"].items():
+        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", str(m["support"]))
+    console.print(table)
+    console.print(f"confusion matrix: {result['confusion_png']}")
+
+
+@app.command()
+@friendly_errors
+def predict(
+    run: Path = typer.Argument(..., help="Run directory."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    top_k: int = typer.Option(1, help="How many labels per image."),
+    csv_path: Path = typer.Option(None, "--csv", help="Also write the predictions to this CSV."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Labels with probabilities for images, from a fine-tuned run."""
+    from headstart.api import predict as predict_api
+
+    results = predict_api(run, images, top_k=top_k)
+    if csv_path:
+        import csv
+
+        with csv_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "probability", "top_k", "error"])
+            for r in results:
+                topk = ";".join(f"{t['label']}:{t['probability']:.4f}" for t in r.get("top_k", []))
+                writer.writerow([r["path"], r.get("label", ""), f"{r['probability']:.4f}" if "probability" in r else "", topk, r.get("error", "")])
+    if as_json:
+        print_json(results)
+        return
+    for r in results:
+        if "error" in r:
+            console.print(f"[red]{r['path']}: unreadable ({r['error']})[/]")
+        else:
+            others = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
+            console.print(f"{r['path']}: [bold]{r['label']}[/] {r['probability']:.3f}  {others}")
+
+
+@app.command()
+@friendly_errors
+def inspect(
+    model: str = typer.Argument("efficientnet_lite0"),
+    strategy: str = typer.Option("linear"),
+    num_classes: int = typer.Option(None, help="Replace the head for N classes."),
+    train_last: int = typer.Option(None, help="partial: how many last stage groups train."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Stage groups, parameters, and what trains under a strategy: the model is just an nn.Module."""
+    from rich.table import Table
+
+    from headstart.api import inspect_model
+
+    info = inspect_model(model, strategy, num_classes, train_last)
+    if as_json:
+        print_json(info)
+        return
+    table = Table(title=f"{model} · {strategy} · weights: {info['weights']}", title_justify="left")
+    for col in ("group", "params", "trainable", "lr", "batchnorm", "unfreezes at epoch"):
+        table.add_column(col)
+    for r in info["groups"]:
+        table.add_row(r["group"], f"{r['params']:,}", "yes" if r["trainable"] else "frozen",
+                      f"{r['lr']:.2g}" if r["lr"] else "-", r["batchnorm"],
+                      "-" if r["unfreezes_at_epoch"] is None else str(r["unfreezes_at_epoch"] + 1))
+    console.print(table)
+    console.print(f"head: {info['head']}")
+    console.print(f"trainable {info['trainable_params']:,} of {info['total_params']:,} parameters · "
+                  f"input {info['preprocessing']['image_size']}px, mean {info['preprocessing']['mean']}, "
+                  f"std {info['preprocessing']['std']}")
+    console.print("Frozen groups keep BatchNorm in eval mode: their running statistics stay the pretrained ones.")
+
+
+@app.command("models")
+def list_models():
+    """Registered backbones (any timm or torchvision:NAME model also works)."""
+    from headstart.backbones import _REGISTRY
+
+    for name, spec in sorted(_REGISTRY.items()):
+        console.print(f"[bold]{name}[/]  {spec.description}")
+
+
+if __name__ == "__main__":
+    app()
