@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # long paths stay whole, greppable
 
 
 def info(message: str) -> None:

@@ -237,7 +237,7 @@ class _ArrayImages:
     pixels: np.ndarray  # N x H x W uint8
 
     def read(self, ref: str) -> Image.Image:
-        return Image.fromarray(self.pixels[int(ref.rsplit(":", 1)[1])], mode="L").convert("RGB")
+        return Image.fromarray(self.pixels[int(ref.rsplit(":", 1)[1])]).convert("RGB")
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -166,7 +166,9 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     """Linear warm-up from 1% of each group's LR, then cosine decay to zero, stepped per batch."""
     from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-    warmup_steps = max(1, min(warmup_steps, total_steps - 1))
+    if warmup_steps <= 0 or total_steps <= 1:
+        return CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    warmup_steps = min(warmup_steps, total_steps - 1)
     return SequentialLR(
         optimizer,
         [LinearLR(optimizer, start_factor=0.01, total_iters=warmup_steps),
