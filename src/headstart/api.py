@@ -88,6 +88,9 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
     splits = data if isinstance(data, DataSplits) else load_data(
         data, val_fraction=val_fraction, seed=cfg.seed, classes=classes, per_class=per_class)
     warn_skipped(splits.skipped, "non-image files")
+    from headstart.analysis.check import preflight
+
+    preflight(splits)  # issue #4: the fast part of `headstart check` (counts, imbalance, duplicates, leakage)
     out = Path(out or Path("runs") / f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
 

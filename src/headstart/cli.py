@@ -198,6 +198,48 @@ def inspect(
     console.print("Frozen groups keep BatchNorm in eval mode: their running statistics stay the pretrained ones.")
 
 
+# ------------------------------------------------------------------------- analysis: check, probe, recommend
+@app.command()
+@friendly_errors
+def check(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    fast: bool = typer.Option(False, "--fast", help="Only what needs no decoding (what `train` runs first)."),
+    val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Pre-flight DATA: counts, imbalance, unreadable files, duplicates and train/val leakage. Exit 1 on errors."""
+    from rich.table import Table
+
+    from headstart.analysis.check import check_data
+
+    report = check_data(data, deep=not fast, val_fraction=val_fraction, seed=seed)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        table = Table(title=f"{report.source} · imbalance {report.imbalance_ratio or 0:.1f}:1", title_justify="left")
+        for col in ("class", "train", "val"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for c in report.classes:
+            table.add_row(c, str(report.counts["train"][c]), str(report.counts["val"][c]))
+        console.print(table)
+        if report.images:
+            sides = report.images["min_side"] or {}
+            console.print(f"{report.images['decoded']} images decoded · shorter side {sides.get('min')}-{sides.get('max')}px "
+                          f"(median {sides.get('median')}) · modes {report.images['modes']}")
+        colour = {"error": "bold red", "warning": "bold yellow", "info": "cyan"}
+        for p in report.problems:
+            console.print(f"[{colour[p.severity]}]{p.severity}[/] {p.message}\n  [green]fix:[/] {p.fix}")
+            for f in p.files[:10]:
+                console.print(f"    {f}")
+            if len(p.files) > 10:
+                console.print(f"    ... and {len(p.files) - 10} more (--json lists all)")
+        if not report.problems:
+            console.print("no problems found")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command("models")
 def list_models():
     """Registered backbones (any timm or torchvision:NAME model also works)."""
