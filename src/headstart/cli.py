@@ -240,6 +240,51 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command()
+@friendly_errors
+def probe(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    model: str = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME."),
+    image_size: int = typer.Option(None, help="Working resolution (default: what train would use)."),
+    per_class: int = typer.Option(None, help="Subsample training data to N images per class."),
+    classes: str = typer.Option(None, help="Comma-separated subset of classes."),
+    val_fraction: float = typer.Option(0.2),
+    seed: int = typer.Option(0),
+    weights: Path = typer.Option(None, help="State dict file instead of the default weights."),
+    out: Path = typer.Option(None, help="Write probe.json and probe.png (accuracy and similarity vs depth) here."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """What transfers: linear-probe accuracy after every stage group, and similarity to the pretraining data."""
+    from rich.table import Table
+
+    from headstart.analysis.probe import plot_probe
+    from headstart.analysis.probe import probe as run_probe
+
+    report = run_probe(data, model=model, image_size=image_size, per_class=per_class, classes=split_list(classes),
+                       val_fraction=val_fraction, seed=seed, weights=str(weights) if weights else None)
+    if out:
+        from headstart.runs import write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "probe.json", report.to_dict())
+        plot_probe(report, out / "probe.png")
+    if as_json:
+        print_json(report.to_dict())
+        return
+    table = Table(title=f"{report.model} · {report.n_train} train / {report.n_val} val at {report.image_size}px",
+                  title_justify="left")
+    for col in ("stage", "features", "probe acc (CV)", "probe acc (val)", "similarity"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in report.stages:
+        table.add_row(s.stage, str(s.features), f"{s.cv_accuracy:.3f}", f"{s.val_accuracy:.3f}",
+                      "-" if s.similarity is None else f"{s.similarity:.2f}")
+    console.print(table)
+    console.print(f"best features: {report.best.stage} · similarity to the pretraining data: low-level "
+                  f"{report.similarity('low') or 0:.2f}, high-level {report.similarity('high') or 0:.2f} (1 = same statistics)")
+    if out:
+        console.print(f"wrote {out / 'probe.json'} and {out / 'probe.png'}")
+
+
 @app.command("models")
 def list_models():
     """Registered backbones (any timm or torchvision:NAME model also works)."""

@@ -1,0 +1,310 @@
+"""What transfers: how well the frozen pretrained features fit the data, stage group by stage group.
+
+One forward pass per image (all stage groups at once, `forward_stages`) gives two measurements:
+
+1. Linear-probe accuracy after each stage group. Features are global-average-pooled, standardised, and a
+   multinomial logistic regression (torch, full-batch L-BFGS) is fitted; its L2 strength is chosen by
+   stratified k-fold cross-validation on train, and the refit is scored on val. Plotted against depth this is
+   Yosinski et al.'s picture: accuracy rises while the features get more specific to the task, and where it
+   stops rising (or falls) the pretrained features stop being the right ones for this data.
+
+2. Domain similarity without any source images. Every BatchNorm layer keeps running statistics of its
+   input over the pretraining data (ImageNet): a mean and a variance per channel. The same statistics of
+   *this* data, compared with them as the KL divergence between the two per-channel Gaussians, say how far
+   the data is from ImageNet as that layer sees it. Per stage group: a shift in the stem is a shift in
+   low-level statistics (colour, contrast, greyscale, blur); a shift only in the last stages is a shift in
+   content. similarity = exp(-median KL) is 1 for identical statistics and falls toward 0.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2.functional import center_crop
+
+from headstart.backbones import StagedModel, load_backbone
+from headstart.cache import cache_root, decode_images, digest
+from headstart.console import info, warn_skipped
+from headstart.data import ImageSet, load_data, subsample_per_class
+from headstart.progress import progress_bar
+from headstart.transforms import Preprocessing, normalize_batch, suggest_image_size
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # logistic-regression weight decay, chosen per stage by CV
+
+
+@dataclass
+class StageProbe:
+    stage: str
+    depth: int  # 1 = stem
+    features: int
+    cv_accuracy: float  # k-fold on train, at the chosen l2
+    val_accuracy: float  # refit on all of train, scored on val
+    l2: float
+    similarity: float | None  # exp(-median KL) over the group's BatchNorm layers; None if it has none
+    kl: float | None
+
+
+@dataclass
+class ProbeReport:
+    model: str
+    weights: str
+    data: str
+    classes: list[str]
+    n_train: int
+    n_val: int
+    image_size: int
+    stages: list[StageProbe]
+    seconds: float
+
+    @property
+    def best(self) -> StageProbe:
+        return max(self.stages, key=lambda s: (s.cv_accuracy, s.depth))
+
+    @property
+    def last(self) -> StageProbe:
+        return self.stages[-1]
+
+    def similarity(self, part: str) -> float | None:
+        """Mean similarity of the first ("low") or last ("high") third of the stage groups."""
+        values = [s.similarity for s in self.stages if s.similarity is not None]
+        if not values:
+            return None
+        third = max(1, len(values) // 3)
+        chosen = values[:third] if part == "low" else values[-third:]
+        return float(np.mean(chosen))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "best_stage": self.best.stage, "low_level_similarity": self.similarity("low"),
+                "high_level_similarity": self.similarity("high")}
+
+
+# ---------------------------------------------------------------------------------------- one forward pass
+class BatchNormStatistics:
+    """Per-channel mean and variance of the input of every BatchNorm layer, over all images seen.
+    Forward pre-hooks, removed by `close()` (or the `with` block)."""
+
+    def __init__(self, model: StagedModel):
+        self.layers: list[tuple[str, nn.modules.batchnorm._BatchNorm]] = []
+        self.sums: dict[int, list] = {}
+        self.hooks = []
+        for stage in model.stage_names:
+            for module in model.group(stage).modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None:
+                    i = len(self.layers)
+                    self.layers.append((stage, module))
+                    self.hooks.append(module.register_forward_pre_hook(self._hook(i)))
+
+    def _hook(self, i: int):
+        def hook(module, args):
+            x = args[0].detach().double()
+            dims = [0, *range(2, x.ndim)]
+            s, s2, n = x.sum(dims), (x * x).sum(dims), x.numel() // x.shape[1]
+            if i in self.sums:
+                acc = self.sums[i]
+                self.sums[i] = [acc[0] + s, acc[1] + s2, acc[2] + n]
+            else:
+                self.sums[i] = [s, s2, n]
+
+        return hook
+
+    def kl_per_layer(self) -> list[tuple[str, float]]:
+        """(stage, median over channels of KL(data || pretraining)) for every BatchNorm layer."""
+        out = []
+        for i, (stage, bn) in enumerate(self.layers):
+            if i not in self.sums:
+                continue
+            s, s2, n = self.sums[i]
+            mean = s / n
+            var = (s2 / n - mean * mean).clamp_min(0) + bn.eps
+            run_mean, run_var = bn.running_mean.double().to(mean.device), bn.running_var.double().to(mean.device) + bn.eps
+            kl = 0.5 * (var / run_var + (mean - run_mean) ** 2 / run_var - 1 - torch.log(var / run_var))
+            out.append((stage, float(kl.median())))
+        return out
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@torch.no_grad()
+def stage_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, batch_size: int = 64,
+                   label: str = "features") -> list[torch.Tensor]:
+    """Globally pooled output of every stage group (a list of N x C tensors), one forward pass per image,
+    from the decoded uint8 store (centre-cropped, as for evaluation)."""
+    model.eval()
+    outs: list[list[torch.Tensor]] = [[] for _ in model.stage_names]
+    with progress_bar() as bar:
+        task = bar.add_task(f"{label} ({len(pixels)} images, all stages)", total=len(pixels))
+        for i in range(0, len(pixels), batch_size):
+            chunk = torch.from_numpy(np.array(pixels[i : i + batch_size])).permute(0, 3, 1, 2)
+            x = normalize_batch(center_crop(chunk, [pre.image_size, pre.image_size]), pre)
+            for k, act in enumerate(model.forward_stages(x)):
+                outs[k].append(model.head.features(act).float())
+            bar.advance(task, len(chunk))
+    return [torch.cat(o) for o in outs]
+
+
+# ----------------------------------------------------------------------------------------- linear probes
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100) -> nn.Linear:
+    """Multinomial logistic regression on standardised features: full-batch L-BFGS, L2 on the weights."""
+    torch.manual_seed(0)
+    linear = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    opt = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(linear(x), y) + l2 * linear.weight.pow(2).sum() / 2
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return linear
+
+
+def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    return [(t - mean) / std for t in (train, *others)]
+
+
+def stratified_folds(y: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """A fold index per sample: each class spread evenly over the k folds, in a seeded random order."""
+    g = torch.Generator().manual_seed(seed)
+    fold = torch.empty_like(y)
+    for c in y.unique():
+        members = (y == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        fold[members] = torch.arange(len(members)) % k
+    return fold
+
+
+def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                 num_classes: int, folds: int = 5, grid=L2_GRID, seed: int = 0) -> dict:
+    """CV accuracy on train for each L2 strength, the best one refitted on all of train and scored on val."""
+    fold = stratified_folds(y_train, min(folds, int(torch.bincount(y_train).min())) or 1, seed)
+    k = int(fold.max()) + 1
+    scores = {}
+    for l2 in grid:
+        correct = 0
+        for f in range(k):
+            if k == 1:
+                break
+            tr, te = fold != f, fold == f
+            a, b = _standardise(x_train[tr], x_train[te])
+            correct += (fit_logistic(a, y_train[tr], num_classes, l2)(b).argmax(1) == y_train[te]).sum().item()
+        scores[l2] = correct / len(y_train) if k > 1 else 0.0
+    best_l2 = max(grid, key=lambda l2: (scores[l2], l2))  # ties: the stronger regulariser
+    a, b = _standardise(x_train, x_val)
+    val_acc = (fit_logistic(a, y_train, num_classes, best_l2)(b).argmax(1) == y_val).float().mean().item()
+    return {"cv_accuracy": scores[best_l2], "val_accuracy": val_acc, "l2": best_l2}
+
+
+# ------------------------------------------------------------------------------------------------- probe
+def working_size(pre: Preprocessing, images: ImageSet) -> int:
+    """The model's input size, or the smaller one `train` suggests when the source images are tiny."""
+    sides = []
+    for ref in images.refs[:: max(1, len(images) // 20)][:20]:
+        try:
+            sides.append(min(images.read(ref).size))
+        except Exception:
+            continue
+    size = suggest_image_size(pre, statistics.median(sides)) if sides else None
+    return size or pre.image_size
+
+
+def probe(data, *, model: str | StagedModel = "efficientnet_lite0", image_size: int | None = None,
+          per_class: int | None = None, classes: list[str] | None = None, val_fraction: float = 0.2, seed: int = 0,
+          folds: int = 5, max_val_per_class: int | None = 300, cache_dir=None, use_cache: bool = True,
+          weights: str | None = None) -> ProbeReport:
+    """Linear-probe accuracy and BatchNorm domain similarity after every stage group of `model` on `data`.
+
+    Val is capped at `max_val_per_class` images per class (a seeded sample): 300 per class measure accuracy
+    to about +-2 points, and the forward pass is most of the time a probe takes. The features of every stage
+    are cached on disk (keyed by model, weights, preprocessing and image content), so `recommend` after
+    `probe` costs only the regressions."""
+    t0 = time.perf_counter()
+    splits = data if not isinstance(data, (str, Path)) else load_data(
+        data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class)
+    net = model if isinstance(model, StagedModel) else load_backbone(model, weights=weights)
+    size = image_size or working_size(net.preprocessing, splits.train)
+    pre = net.preprocessing.with_image_size(size)
+    val = splits.val if max_val_per_class is None else subsample_per_class(splits.val, max_val_per_class, seed)
+    key = digest("probe-v1", net.name, net.weights, pre.to_dict(),
+                 [[images.fingerprint(i) for i in range(len(images))] for images in (splits.train, val)])
+    path = cache_root(cache_dir) / "features" / f"{key}.pt"
+    if use_cache and net.pretrained and path.is_file():
+        split_feats, split_labels, kls = torch.load(path, weights_only=True).values()
+    else:
+        split_feats, split_labels = {}, {}
+        with BatchNormStatistics(net) as bn:
+            for name, images in (("train", splits.train), ("val", val)):
+                decoded = decode_images(images, pre, cache_dir, use_cache, label=f"decode {name}")
+                warn_skipped(decoded.skipped, f"unreadable {name} files")
+                split_labels[name] = torch.tensor([images.labels[i] for i in decoded.kept])
+                split_feats[name] = stage_features(net, decoded.pixels, pre, label=f"probe {name}")
+                if name == "train":
+                    kls = bn.kl_per_layer()  # the data's statistics are taken on train images only
+        if use_cache and net.pretrained:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"features": split_feats, "labels": split_labels, "kl": kls}, path)
+    by_stage: dict[str, list[float]] = {}
+    for stage, kl in kls:
+        by_stage.setdefault(stage, []).append(kl)
+    stages = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the regressions are small ops: threads only add overhead (30x measured on a busy CPU)
+    try:
+        results = [linear_probe(split_feats["train"][d], split_labels["train"], split_feats["val"][d], split_labels["val"],
+                                len(splits.classes), folds=folds, seed=seed) for d in range(len(net.stage_names))]
+    finally:
+        torch.set_num_threads(threads)
+    for depth, stage in enumerate(net.stage_names):
+        result = results[depth]
+        kl = float(np.median(by_stage[stage])) if stage in by_stage else None
+        stages.append(StageProbe(stage, depth + 1, split_feats["train"][depth].shape[1], result["cv_accuracy"],
+                                 result["val_accuracy"], result["l2"], math.exp(-kl) if kl is not None else None, kl))
+    report = ProbeReport(net.name, net.weights, splits.source, splits.classes, len(split_labels["train"]),
+                         len(split_labels["val"]), size, stages, time.perf_counter() - t0)
+    info(f"probe: {report.n_train} train / {report.n_val} val images at {size}px, {len(stages)} stage groups, "
+         f"{report.seconds:.1f}s")
+    return report
+
+
+def plot_probe(report: ProbeReport, path: str | Path) -> Path:
+    """Linear-probe accuracy and domain similarity against depth: where do the features stop being general?"""
+    from headstart.report.plots import plt
+
+    depth = [s.depth for s in report.stages]
+    fig, (ax_acc, ax_sim) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_acc.plot(depth, [s.cv_accuracy for s in report.stages], "o-", label="train (k-fold CV)", color="#1f77b4")
+    ax_acc.plot(depth, [s.val_accuracy for s in report.stages], "s-", label="val", color="#d62728")
+    ax_acc.axhline(1 / len(report.classes), color="grey", ls=":", lw=1, label="chance")
+    ax_acc.set_ylabel("linear-probe accuracy")
+    ax_sim.plot(depth, [s.similarity if s.similarity is not None else float("nan") for s in report.stages], "o-", color="#2ca02c")
+    ax_sim.set_ylim(0, 1.05)
+    ax_sim.set_ylabel("similarity to pretraining data\n(BatchNorm statistics, exp(-KL))")
+    for ax in (ax_acc, ax_sim):
+        ax.set_xticks(depth, [s.stage for s in report.stages], rotation=45, ha="right")
+        ax.grid(alpha=0.3)
+    ax_acc.legend()
+    fig.suptitle(f"{report.model} on {Path(report.data).name} · {report.n_train} train images at {report.image_size}px")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
