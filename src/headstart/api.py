@@ -101,16 +101,34 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
     info(f"data: {splits.source} · {len(train_split)} train / {len(val_split)} val images · "
          f"{len(splits.classes)} classes · {model.preprocessing.image_size}px · weights: {model.weights}")
     print_plan(model, strategy)
+    monitor = forgetting_monitor(cfg, strategy, model, train_split)
 
     config = {"model": cfg.model, "classes": splits.classes, "preprocessing": model.preprocessing.to_dict(),
               "strategy": strategy.to_dict(), "train": cfg.to_dict(), "weights": model.weights,
               "data": splits.source, "per_class": per_class, "n_train": len(train_split), "command": command, "environment": environment()}
     result = fit(model, strategy, train_split, val_split, cfg,
                  on_checkpoint=lambda state, epoch: save_checkpoint(out, state, {**config, "epoch": epoch}),
-                 on_epoch=lambda history: write_history(out / HISTORY_FILE, history))
+                 on_epoch=lambda history: write_history(out / HISTORY_FILE, history), monitor=monitor)
     if not result.history:
         raise HeadstartError("stopped before the first epoch finished: nothing to save")
-    return finish_run(out, model, result, strategy, splits, val_split, config)
+    run = finish_run(out, model, result, strategy, splits, val_split, config)
+    if monitor is not None:  # issue #4: what fine-tuning forgot, next to what it learned
+        last = result.history[-1]
+        run["forgetting"] = {**monitor.summary(), "l2sp": cfg.l2sp,
+                             "final": {k: v for k, v in last.items() if k.startswith(("drift_", "cka_", "imagenet_top1"))}}
+        write_json(out / RUN_FILE, run)
+    return run
+
+
+def forgetting_monitor(cfg: TrainConfig, strategy: Strategy, model: StagedModel, train: Split):
+    """issue #4: weight drift, CKA and old-task accuracy per epoch, for strategies that change a pretrained
+    backbone (partial, full, gradual, lp-ft); None for linear and scratch."""
+    changes_backbone = any(p.train_last != 0 for p in strategy.phases_for(len(model.stage_names)))
+    if not (strategy.pretrained and model.pretrained and changes_backbone):
+        return None
+    from headstart.analysis.drift import build_monitor
+
+    return build_monitor(cfg, train.pixels, model.preprocessing, seed=cfg.seed)
 
 
 def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strategy, splits: DataSplits,

@@ -78,6 +78,9 @@ def train(
     no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the on-disk caches."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print run.json to stdout."),
+    l2sp: float = typer.Option(0.0, help="L2-SP: penalise ALPHA/2 ||w - w0||^2, the distance from the pretrained weights."),
+    monitor_folder: str = typer.Option(None, help="ImageNet synset folders for the old-task top-1 of the forgetting "
+                                                  "monitor (default: ../shared/data/imagenet-samples/val if present; 'none': off)."),
 ):
     """Fine-tune a pretrained backbone on DATA with one strategy; write a run directory."""
     from headstart.api import train as train_run
@@ -88,7 +91,7 @@ def train(
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, views=views,
                       patience=patience or None, seed=seed, image_size=image_size,
                       weights=str(weights) if weights else None, cache_dir=str(cache_dir) if cache_dir else None,
-                      use_cache=not no_cache, device=device)
+                      use_cache=not no_cache, device=device, l2sp=l2sp, monitor_folder=monitor_folder)
     run = train_run(data, cfg, out, val_fraction=val_fraction, classes=split_list(classes), per_class=per_class,
                     command=shlex.join(["headstart", *sys.argv[1:]]))
     if as_json:

@@ -63,6 +63,9 @@ class TrainConfig:
     use_cache: bool = True
     device: str = "auto"
     num_workers: int | None = None
+    # issue #4 (analysis): forgetting
+    l2sp: float = 0.0  # > 0: alpha of the L2-SP penalty alpha/2 ||w - w0||^2 on trainable backbone weights
+    monitor_folder: str | None = None  # ImageNet synset folders for the old-task top-1 (None: default if present)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,7 +184,10 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {g["group"]: g["lr"] for g in optimizer.param_groups}
 
 
-def train_one_epoch(model, batches, start, pre, optimizer, scheduler, device, label_smoothing, bar=None, task=None):
+def train_one_epoch(model, batches, start, pre, optimizer, scheduler, device, label_smoothing, bar=None, task=None,
+                    penalty=None):
+    """One pass over `batches`. `penalty()` (e.g. L2-SP) is added to the loss that is minimised; the reported
+    loss is the cross-entropy alone, so runs with and without it compare."""
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -189,7 +195,7 @@ def train_one_epoch(model, batches, start, pre, optimizer, scheduler, device, la
             logits = forward_batch(model, x, start, pre)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + penalty() if penalty is not None else loss).backward()
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(y)
@@ -222,11 +228,14 @@ def fit(
     *,
     on_checkpoint=None,
     on_epoch=None,
+    monitor=None,
 ) -> FitResult:
     """Train `model` under `strategy`; keep the best-on-val weights. Ctrl-C stops cleanly after the batch.
 
     `on_checkpoint(state, epoch)` is called whenever val accuracy improves (the run directory saves it at
     once, so an interruption or a crash loses nothing); `on_epoch(history)` after every epoch.
+    `monitor(model, epoch) -> dict` (e.g. `analysis.drift.ForgettingMonitor`) runs after evaluation; its values
+    join the epoch's history row.
     """
     device = pick_device(cfg.device)
     pre = model.preprocessing
@@ -245,6 +254,12 @@ def fit(
     trainable: list[str] | None = None
     interrupted = stopped_early = False
     t_start = time.perf_counter()
+    penalty = None
+    if cfg.l2sp:  # L2-SP: the pretrained weights, captured before the first step, are what w is pulled toward
+        from headstart.analysis.drift import l2sp_anchor, l2sp_penalty
+
+        anchor = l2sp_anchor(model)
+        penalty = lambda: l2sp_penalty(anchor, cfg.l2sp)  # noqa: E731
 
     def loaders(start: int):
         """Train and val batches for a frozen prefix [0, start): cached activations where they are fixed."""
@@ -285,7 +300,7 @@ def fit(
                 lrs = group_lrs(optimizer)
                 batch_task = bar.add_task("  train", total=len(train))
                 train_loss, train_acc = train_one_epoch(model, train_batches, start, pre, optimizer, scheduler,
-                                                        device, cfg.label_smoothing, bar, batch_task)
+                                                        device, cfg.label_smoothing, bar, batch_task, penalty)
                 bar.remove_task(batch_task)
                 logits, labels = predict_batches(model, val_batches, start, pre, device)
                 val_loss = F.cross_entropy(logits, labels).item()
@@ -294,6 +309,8 @@ def fit(
                        "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
                        "trainable": "+".join(trainable),
                        **{f"lr_{g}": (lrs[g] if g in trainable else 0.0) for g in model.group_names}}
+                if monitor is not None:
+                    row.update(monitor(model, epoch + 1))
                 history.append(row)
                 improved = val_acc > best_acc
                 if improved:

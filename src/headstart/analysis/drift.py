@@ -1,0 +1,180 @@
+"""What fine-tuning forgets, measured every epoch for every stage group.
+
+    drift_<group>   relative weight drift ||w - w0|| / ||w0|| of the group's parameters
+    cka_<group>     linear CKA between the pretrained and the current features of the group on a fixed batch
+                    of training images (1: the same representation up to rotation and scale; toward 0: another)
+    imagenet_top1   the fine-tuned backbone with the original 1000-class head put back: how much of the old
+                    task is left (on a capped subset of a folder of ImageNet synset folders, if one is given)
+
+A pretrained copy of the backbone (the reference) is kept aside: its weights are w0, its features the
+"before", its head the old task. The monitor is a plain callable `monitor(model, epoch) -> dict` that
+`train.fit` merges into each history row; it warns, with the fix, when early stage groups lose their
+pretrained features (the "lr = 0.01 on every layer" mistake).
+
+L2-SP (Li et al., 2018) is the matching remedy: `l2sp_penalty` adds alpha/2 * ||w - w0||^2 over the trainable
+backbone parameters to the loss, pulling them toward the pretrained weights instead of toward zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2.functional import center_crop
+
+from headstart.backbones import StagedModel
+from headstart.console import warn
+from headstart.transforms import Preprocessing, normalize_batch
+
+PROBE_BATCH = 64  # training images whose features are compared with the pretrained ones (CKA)
+IMAGENET_IMAGES = 100  # capped old-task subset: on a CPU its forward pass costs about as much as 100 train steps
+CKA_POOL = 4  # feature maps are average-pooled to 4x4 before CKA: keeps where things are, at little memory
+CKA_WARN = 0.7  # an early stage group below this CKA ...
+DRIFT_WARN = 0.1  # ... or whose weights moved more than 10%: pretrained features are being destroyed
+DEFAULT_PROBE_FOLDERS = ("../shared/data/imagenet-samples/val",)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al., 2019) of two representations of the same N examples (N x D1, N x D2),
+    computed from N x N Gram matrices: cheap when D is large."""
+    x = x.double().flatten(1)
+    y = y.double().flatten(1)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    k, l = x @ x.T, y @ y.T
+    denom = k.norm() * l.norm()
+    return float((k * l).sum() / denom) if denom > 0 else 0.0
+
+
+def relative_drift(current: torch.nn.Module, reference: torch.nn.Module) -> float:
+    """||w - w0|| / ||w0|| over all parameters of a group (buffers such as BN running stats excluded)."""
+    diff = ref = 0.0
+    for p, p0 in zip(current.parameters(), reference.parameters()):
+        diff += (p.detach().float().cpu() - p0.detach().float()).pow(2).sum().item()
+        ref += p0.detach().float().pow(2).sum().item()
+    return (diff / ref) ** 0.5 if ref > 0 else 0.0
+
+
+def l2sp_anchor(model: StagedModel) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Every backbone parameter with a frozen copy of its starting (pretrained) value. The head is left out:
+    it is new, so there is nothing to stay close to."""
+    return [(p, p.detach().clone()) for name in model.stage_names for p in model.group(name).parameters()]
+
+
+def l2sp_penalty(anchor: list[tuple[torch.nn.Parameter, torch.Tensor]], alpha: float) -> torch.Tensor:
+    """alpha/2 * sum ||w - w0||^2 over the parameters that currently train."""
+    terms = [(p - p0).pow(2).sum() for p, p0 in anchor if p.requires_grad]
+    return alpha / 2 * torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def pooled_stages(model: StagedModel, pixels: torch.Tensor, pre: Preprocessing, batch_size: int = 64) -> list[torch.Tensor]:
+    """Every stage group's output on uint8 images, average-pooled to CKA_POOL x CKA_POOL, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs: list[list[torch.Tensor]] = [[] for _ in model.stage_names]
+    for i in range(0, len(pixels), batch_size):
+        x = normalize_batch(pixels[i : i + batch_size].to(device), pre)
+        for k, act in enumerate(model.forward_stages(x)):
+            outs[k].append(F.adaptive_avg_pool2d(act.float(), CKA_POOL).cpu())
+    return [torch.cat(o) for o in outs]
+
+
+def as_batch(pixels: np.ndarray, pre: Preprocessing) -> torch.Tensor:
+    """Decoded uint8 store (N x S x S x 3) -> centre-cropped N x 3 x H x W: the evaluation view."""
+    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2)
+    return center_crop(x, [pre.image_size, pre.image_size])
+
+
+class ForgettingMonitor:
+    """`monitor(model, epoch)` -> {drift_<g>, cka_<g>, imagenet_top1} for every stage group; warns once."""
+
+    def __init__(self, reference: StagedModel, probe_pixels: np.ndarray, imagenet: tuple[np.ndarray, torch.Tensor] | None = None):
+        self.reference = reference.eval().requires_grad_(False)
+        self.pre = reference.preprocessing
+        self.probe = as_batch(probe_pixels[:PROBE_BATCH], self.pre)
+        self.before = pooled_stages(reference, self.probe, self.pre)
+        self.imagenet = None
+        self.imagenet_top1_pretrained = None
+        if imagenet is not None and reference.num_classes == 1000:
+            self.imagenet = (as_batch(imagenet[0], self.pre), imagenet[1])
+            self.imagenet_top1_pretrained = self._imagenet_top1(reference)
+        self.warnings: list[str] = []
+
+    @torch.no_grad()
+    def _imagenet_top1(self, model: StagedModel) -> float:
+        """The current backbone's pooled features through the original ImageNet classifier."""
+        model.eval()
+        device = next(model.parameters()).device
+        fc = self.reference.head.fc.to(device)
+        images, labels = self.imagenet
+        correct = 0
+        for i in range(0, len(images), 64):
+            x = normalize_batch(images[i : i + 64].to(device), self.pre)
+            logits = fc(model.head.features(model.forward_to(x, len(model.stages))).float())
+            correct += (logits.argmax(1).cpu() == labels[i : i + 64]).sum().item()
+        self.reference.head.fc.cpu()
+        return correct / len(labels)
+
+    def __call__(self, model: StagedModel, epoch: int) -> dict:
+        after = pooled_stages(model, self.probe, self.pre)
+        row = {}
+        for k, name in enumerate(model.stage_names):
+            row[f"drift_{name}"] = relative_drift(model.group(name), self.reference.group(name))
+            row[f"cka_{name}"] = linear_cka(self.before[k], after[k])
+        if self.imagenet is not None:
+            row["imagenet_top1"] = self._imagenet_top1(model)
+        self._check(model, epoch, row)
+        return row
+
+    def _check(self, model: StagedModel, epoch: int, row: dict) -> None:
+        """Early stage groups hold the most general features and should barely move in fine-tuning."""
+        if self.warnings:
+            return
+        early = model.stage_names[: max(1, len(model.stage_names) // 2)]
+        hit = [g for g in early if row[f"cka_{g}"] < CKA_WARN or row[f"drift_{g}"] > DRIFT_WARN]
+        if not hit:
+            return
+        worst = min(hit, key=lambda g: row[f"cka_{g}"])
+        when = "in the first epoch" if epoch == 1 else f"by epoch {epoch}"
+        message = (f"the learning rate is destroying pretrained features: early stage groups ({', '.join(hit)}) changed "
+                   f"{when} ({worst}: CKA {row[f'cka_{worst}']:.2f} with the pretrained features, weights moved "
+                   f"{100 * row[f'drift_{worst}']:.0f}%). Fix: lower --lr (1e-4 for the top stage group, with --lr-decay "
+                   "0.5 so that early groups move least), or use --strategy lp-ft, or add --l2sp 0.01")
+        self.warnings.append(message)
+        warn(message)
+
+    def summary(self) -> dict:
+        return {"imagenet_top1_pretrained": self.imagenet_top1_pretrained,
+                "imagenet_images": None if self.imagenet is None else len(self.imagenet[1]),
+                "probe_batch": len(self.probe), "warnings": self.warnings}
+
+
+def imagenet_probe_folder(folder: str | None) -> Path | None:
+    """The folder of ImageNet synset folders for the old-task top-1: the one given ("none" turns it off), else
+    the first default that exists here, else None."""
+    if folder is not None:
+        return None if folder.lower() in ("", "none") else Path(folder)
+    return next((Path(f) for f in DEFAULT_PROBE_FOLDERS if Path(f).is_dir()), None)
+
+
+def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int = 0) -> ForgettingMonitor:
+    """A monitor for a run: a pretrained reference copy of `cfg.model`, a fixed probe batch drawn (seeded)
+    from the training images, and the capped ImageNet subset if a probe folder is found."""
+    from headstart.backbones import load_backbone
+    from headstart.cache import decode_images
+    from headstart.evaluate import imagenet_images
+
+    reference = load_backbone(cfg.model, weights=cfg.weights)
+    reference.preprocessing = pre
+    pick = np.sort(np.random.default_rng(seed).permutation(len(train_pixels))[:PROBE_BATCH])
+    imagenet = None
+    folder = imagenet_probe_folder(cfg.monitor_folder)
+    if folder is not None:
+        images = imagenet_images(folder)
+        images = images.subset(np.linspace(0, len(images) - 1, min(IMAGENET_IMAGES, len(images))).astype(int).tolist())
+        decoded = decode_images(images, pre, cfg.cache_dir, cfg.use_cache, label="decode ImageNet probe")
+        imagenet = (decoded.pixels, torch.tensor([images.labels[i] for i in decoded.kept]))
+    return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet)
