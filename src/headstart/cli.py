@@ -288,6 +288,47 @@ def probe(
         console.print(f"wrote {out / 'probe.json'} and {out / 'probe.png'}")
 
 
+@app.command()
+@friendly_errors
+def recommend(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    model: str = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME."),
+    per_class: int = typer.Option(None, help="Subsample training data to N images per class."),
+    classes: str = typer.Option(None, help="Comma-separated subset of classes."),
+    image_size: int = typer.Option(None, help="Working resolution (default: what train would use)."),
+    val_fraction: float = typer.Option(0.2),
+    seed: int = typer.Option(0),
+    verify: bool = typer.Option(False, "--verify", help="Train the pick and the runner-up briefly; say whether the pick held."),
+    verify_epochs: int = typer.Option(4, help="Epochs per strategy for --verify."),
+    out: Path = typer.Option(None, help="Run directories of --verify (default runs/recommend-verify)."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Recommend a strategy for DATA from measurements (size, probe accuracy per depth, domain similarity)."""
+    from headstart.analysis.recommend import recommend as run_recommend
+
+    rec = run_recommend(data, model=model, per_class=per_class, classes=split_list(classes), image_size=image_size,
+                        val_fraction=val_fraction, seed=seed, verify=verify, verify_epochs=verify_epochs, out=out)
+    if as_json:
+        print_json(rec.to_dict())
+        return
+    hp = rec.hyperparameters
+    extra = f" (last {hp['train_last']} stage groups)" if hp["train_last"] else ""
+    console.print(f"[bold]recommended: {rec.strategy}{extra}[/]  (runner-up: {rec.runner_up})")
+    for r in rec.reasons:
+        console.print(f"  - {r}")
+    console.print("learning rates: " + ", ".join(f"{g} {lr:.2g}" for g, lr in hp["group_lrs"].items())
+                  + f" · {hp['epochs']} epochs · {hp['image_size']}px · augment {hp['augment']}")
+    console.print(f"run it: {rec.command}")
+    if rec.verify:
+        v = rec.verify
+        for name, r in v["results"].items():
+            console.print(f"  verify {name}: best val accuracy {r['best_val_accuracy']:.3f} in {r['epochs']} epochs "
+                          f"({r['train_seconds']:.0f}s)")
+        console.print(("[green]the pick held[/]" if v["held"] else "[yellow]the pick did not hold[/]")
+                      + f": best was {v['best']} (pick {v['gap'] * 100:.1f} points behind)" if v["gap"] > 0 else
+                      "[green]the pick held[/]: it was the best of the two")
+
+
 @app.command("models")
 def list_models():
     """Registered backbones (any timm or torchvision:NAME model also works)."""
