@@ -122,6 +122,7 @@ def test_high_lr_on_every_layer_warns_and_default_partial_does_not(setup, tmp_pa
     assert float(history[-1]["drift_stem"]) > 0.05
     assert run_json["forgetting"]["warnings"] and "destroying" in run_json["forgetting"]["warnings"][0]
     assert run_json["forgetting"]["imagenet_top1_pretrained"] is not None
+    assert (tmp_path / "a" / "run" / "forgetting.png").stat().st_size > 1000
     _, history, run_json = run(setup, tmp_path / "b", strategy="partial")
     assert run_json["forgetting"]["warnings"] == []
     assert float(history[-1]["drift_stem"]) == 0.0 and float(history[-1]["cka_stem"]) == pytest.approx(1.0)

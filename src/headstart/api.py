@@ -117,6 +117,10 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
         run["forgetting"] = {**monitor.summary(), "l2sp": cfg.l2sp,
                              "final": {k: v for k, v in last.items() if k.startswith(("drift_", "cka_", "imagenet_top1"))}}
         write_json(out / RUN_FILE, run)
+        from headstart.analysis.drift import plot_forgetting
+
+        plot_forgetting(result.history, out / "forgetting.png", f"{cfg.model} · {strategy.name} · what fine-tuning changed",
+                        monitor.imagenet_top1_pretrained)
     return run
 
 

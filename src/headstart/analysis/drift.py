@@ -178,3 +178,37 @@ def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int =
         decoded = decode_images(images, pre, cfg.cache_dir, cfg.use_cache, label="decode ImageNet probe")
         imagenet = (decoded.pixels, torch.tensor([images.labels[i] for i in decoded.kept]))
     return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet)
+
+
+def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imagenet_top1_pretrained: float | None = None) -> Path:
+    """Per epoch: weight drift and CKA of every stage group, and the old task's top-1 if it was measured."""
+    from headstart.report.plots import plt
+
+    groups = [k[len("cka_"):] for k in history[0] if k.startswith("cka_")]
+    epochs = [r["epoch"] for r in history]
+    has_old = "imagenet_top1" in history[0]
+    fig, axes = plt.subplots(1, 3 if has_old else 2, figsize=(14 if has_old else 10, 3.8))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(groups)))
+    for g, c in zip(groups, colours):
+        axes[0].plot(epochs, [float(r[f"drift_{g}"]) for r in history], "o-", color=c, label=g, ms=3)
+        axes[1].plot(epochs, [float(r[f"cka_{g}"]) for r in history], "o-", color=c, label=g, ms=3)
+    axes[0].set_ylabel("weight drift ||w - w0|| / ||w0||")
+    axes[1].set_ylabel("CKA with pretrained features")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].legend(fontsize=7, ncol=2)
+    if has_old:
+        axes[2].plot(epochs, [float(r["imagenet_top1"]) for r in history], "o-", color="#d62728", label="fine-tuned backbone")
+        if imagenet_top1_pretrained is not None:
+            axes[2].axhline(imagenet_top1_pretrained, color="grey", ls=":", label="pretrained")
+        axes[2].set_ylabel("ImageNet top-1 (original head)")
+        axes[2].set_ylim(0, 1)
+        axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
