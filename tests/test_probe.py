@@ -13,6 +13,8 @@ from headstart.analysis.probe import BatchNormStatistics, linear_probe, probe, s
 from headstart.backbones import load_backbone
 from headstart.transforms import Preprocessing
 
+from conftest import needs_shared
+
 
 def coloured(root, n_train=12, n_val=6, size=40):
     """Two classes told apart by colour (reddish vs bluish noise): easy for any features."""
@@ -99,12 +101,7 @@ def test_cli_probe_writes_json_and_plot(tmp_path):
 @pytest.mark.slow
 def test_probe_on_hymenoptera_rises_with_depth():
     """The Yosinski picture on real data: later features separate ants from bees better."""
-    from pathlib import Path
-
-    data = Path(__file__).parents[1] / ".." / "shared" / "data" / "hymenoptera"
-    if not data.is_dir():
-        pytest.skip("../shared/data/hymenoptera is not here")
-    report = probe(data, image_size=128)
+    report = probe(needs_shared("hymenoptera"), image_size=128)
     acc = [s.val_accuracy for s in report.stages]
     assert acc[-1] > 0.85 and acc[-1] > acc[0] + 0.15
     assert report.similarity("low") > 0.9  # hymenoptera is a corner of ImageNet
