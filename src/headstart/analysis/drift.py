@@ -136,26 +136,32 @@ class ForgettingMonitor:
         return row
 
     def _check(self, model: StagedModel, epoch: int, row: dict) -> None:
-        """Early stage groups hold the most general features and should barely move in fine-tuning."""
-        if self.warnings:
-            return
-        early = model.stage_names[: max(1, len(model.stage_names) // 2)]
-        hit = [g for g in early if row[f"cka_{g}"] < CKA_WARN and row[f"drift_{g}"] > DRIFT_WARN]
-        if not hit:
-            return
-        worst = min(hit, key=lambda g: row[f"cka_{g}"])
-        when = "in the first epoch" if epoch == 1 else f"by epoch {epoch}"
-        message = (f"the learning rate is destroying pretrained features: early stage groups ({', '.join(hit)}) changed "
-                   f"{when} ({worst}: CKA {row[f'cka_{worst}']:.2f} with the pretrained features, weights moved "
-                   f"{100 * row[f'drift_{worst}']:.0f}%). Fix: lower --lr (1e-4 for the top stage group, with --lr-decay "
-                   "0.5 so that early groups move least), or use --strategy lp-ft, or add --l2sp 0.01")
-        self.warnings.append(message)
-        warn(message)
+        if not self.warnings:
+            message = forgetting_warning(row, model.stage_names, epoch)
+            if message:
+                self.warnings.append(message)
+                warn(message)
 
     def summary(self) -> dict:
         return {"imagenet_top1_pretrained": self.imagenet_top1_pretrained,
                 "imagenet_images": None if self.imagenet is None else len(self.imagenet[1]),
                 "probe_batch": len(self.probe), "warnings": self.warnings}
+
+
+def forgetting_warning(row: dict, stage_names: list[str], epoch: int) -> str | None:
+    """The warning, with the fix, if the early half of the stage groups (the most general features, which
+    fine-tuning should barely move) moved and lost their pretrained features; else None. A plain function of
+    one history row, so it can be applied to any history.csv."""
+    early = stage_names[: max(1, len(stage_names) // 2)]
+    hit = [g for g in early if float(row[f"cka_{g}"]) < CKA_WARN and float(row[f"drift_{g}"]) > DRIFT_WARN]
+    if not hit:
+        return None
+    worst = min(hit, key=lambda g: float(row[f"cka_{g}"]))
+    when = "in the first epoch" if epoch == 1 else f"by epoch {epoch}"
+    return (f"the learning rate is destroying pretrained features: early stage groups ({', '.join(hit)}) changed "
+            f"{when} ({worst}: CKA {float(row[f'cka_{worst}']):.2f} with the pretrained features, weights moved "
+            f"{100 * float(row[f'drift_{worst}']):.1f}%). Fix: lower --lr (the default 2e-4 for the top stage group, "
+            "with --lr-decay 0.6 so that early groups move least), or use --strategy lp-ft, or add --l2sp 1.0")
 
 
 def imagenet_probe_folder(folder: str | None) -> Path | None:
