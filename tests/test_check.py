@@ -121,3 +121,12 @@ def test_preflight_is_the_fast_check(tmp_path):
     problems = preflight(load_data(root))
     assert [p.kind for p in problems] == ["duplicate-leakage"]
     assert preflight(load_data(make_clean(tmp_path / "clean"))) == []
+
+
+def test_popcount_fallback_matches_numpy():
+    from headstart.analysis.check import popcount
+
+    x = np.array([[0, 1, 3], [2**64 - 1, 2**63, 255]], dtype=np.uint64)
+    expected = [[0, 1, 2], [64, 1, 8]]
+    assert popcount(x).tolist() == expected
+    assert np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(-1).tolist() == expected  # the numpy<2 path

@@ -276,6 +276,13 @@ def _groups_by_key(keys: list) -> list[list[int]]:
     return [g for g in by_key.values() if len(g) > 1]
 
 
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy >= 2 has it built in; older numpy unpacks the bytes)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(-1)
+
+
 def _near_groups(hashes: np.ndarray, usable: np.ndarray, max_bits: int, confirm=None) -> list[list[int]]:
     """Connected groups of images whose dHashes differ in at most `max_bits` bits (all pairs, in chunks),
     each pair accepted by `confirm(i, j)` (indices into `hashes`) when given."""
@@ -290,7 +297,7 @@ def _near_groups(hashes: np.ndarray, usable: np.ndarray, max_bits: int, confirm=
         return i
 
     for start in range(0, len(h), 256):
-        block = np.bitwise_count(h[start : start + 256, None] ^ h[None, :])
+        block = popcount(h[start : start + 256, None] ^ h[None, :])
         for a, b in zip(*np.nonzero(block <= max_bits)):
             i, j = start + int(a), int(b)
             if j > i and (confirm is None or confirm(int(idx[i]), int(idx[j]))):
