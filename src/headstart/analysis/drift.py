@@ -97,8 +97,10 @@ def as_batch(pixels: np.ndarray, pre: Preprocessing) -> torch.Tensor:
 class ForgettingMonitor:
     """`monitor(model, epoch)` -> {drift_<g>, cka_<g>, imagenet_top1} for every stage group; warns once."""
 
-    def __init__(self, reference: StagedModel, probe_pixels: np.ndarray, imagenet: tuple[np.ndarray, torch.Tensor] | None = None):
+    def __init__(self, reference: StagedModel, probe_pixels: np.ndarray, imagenet: tuple[np.ndarray, torch.Tensor] | None = None,
+                 l2sp: float = 0.0):
         self.reference = reference.eval().requires_grad_(False)
+        self.l2sp = l2sp  # only to word the warning's fix
         self.pre = reference.preprocessing
         self.probe = as_batch(probe_pixels[:PROBE_BATCH], self.pre)
         self.before = pooled_stages(reference, self.probe, self.pre)
@@ -137,7 +139,7 @@ class ForgettingMonitor:
 
     def _check(self, model: StagedModel, epoch: int, row: dict) -> None:
         if not self.warnings:
-            message = forgetting_warning(row, model.stage_names, epoch)
+            message = forgetting_warning(row, model.stage_names, epoch, self.l2sp)
             if message:
                 self.warnings.append(message)
                 warn(message)
@@ -148,7 +150,7 @@ class ForgettingMonitor:
                 "probe_batch": len(self.probe), "warnings": self.warnings}
 
 
-def forgetting_warning(row: dict, stage_names: list[str], epoch: int) -> str | None:
+def forgetting_warning(row: dict, stage_names: list[str], epoch: int, l2sp: float = 0.0) -> str | None:
     """The warning, with the fix, if the early half of the stage groups (the most general features, which
     fine-tuning should barely move) moved and lost their pretrained features; else None. A plain function of
     one history row, so it can be applied to any history.csv."""
@@ -161,7 +163,8 @@ def forgetting_warning(row: dict, stage_names: list[str], epoch: int) -> str | N
     return (f"the learning rate is destroying pretrained features: early stage groups ({', '.join(hit)}) changed "
             f"{when} ({worst}: CKA {float(row[f'cka_{worst}']):.2f} with the pretrained features, weights moved "
             f"{100 * float(row[f'drift_{worst}']):.1f}%). Fix: lower --lr (the default 2e-4 for the top stage group, "
-            "with --lr-decay 0.6 so that early groups move least), or use --strategy lp-ft, or add --l2sp 1.0")
+            "with --lr-decay 0.6 so that early groups move least), or use --strategy lp-ft, or "
+            + (f"raise --l2sp above {l2sp:g}" if l2sp else "add --l2sp 1.0"))
 
 
 def imagenet_probe_folder(folder: str | None) -> Path | None:
@@ -189,7 +192,7 @@ def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int =
         images = images.subset(np.linspace(0, len(images) - 1, min(IMAGENET_IMAGES, len(images))).astype(int).tolist())
         decoded = decode_images(images, pre, cfg.cache_dir, cfg.use_cache, label="decode ImageNet probe")
         imagenet = (decoded.pixels, torch.tensor([images.labels[i] for i in decoded.kept]))
-    return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet)
+    return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet, l2sp=cfg.l2sp)
 
 
 def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imagenet_top1_pretrained: float | None = None) -> Path:
@@ -215,7 +218,10 @@ def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imag
         axes[2].set_ylabel("ImageNet top-1 (original head)")
         axes[2].set_ylim(0, 1)
         axes[2].legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     if title:
