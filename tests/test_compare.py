@@ -51,8 +51,8 @@ def test_summary_equals_statistics_recomputed_from_histories(finished):
         final_train = [float(h[-1]["train_accuracy"]) for h in rows]
         gap = [float(h[-1]["train_accuracy"]) - float(h[-1]["val_accuracy"]) for h in rows]
         got = on_disk["strategies"][name]
-        for key, values in (("val_accuracy", best_val), ("train_accuracy", final_train), ("gap", gap),
-                            ("seconds", [r["train_seconds"] for r in runs]),
+        for key, values in (("val_accuracy", best_val), ("final_train_accuracy", final_train), ("gap", gap),
+                            ("wall_seconds", [r["train_seconds"] for r in runs]),
                             ("trainable_params", [r["trainable_params_max"] for r in runs])):
             assert got[f"{key}_mean"] == pytest.approx(statistics.mean(values), abs=1e-9), (name, key)
             assert got[f"{key}_std"] == pytest.approx(statistics.stdev(values), abs=1e-9), (name, key)

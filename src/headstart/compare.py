@@ -153,7 +153,7 @@ def run_stats(directory: Path) -> dict:
         "final_train_accuracy": last["train_accuracy"],
         "final_val_accuracy": last["val_accuracy"],
         "gap": last["train_accuracy"] - last["val_accuracy"],  # overfitting: train − val at the same (last) epoch
-        "seconds": run["train_seconds"],
+        "wall_seconds": run["train_seconds"],
         "trainable_params": run["trainable_params_max"],
         "epochs": len(history),
     }
@@ -173,9 +173,8 @@ def summarize(out: str | Path, strategies: list[str], seeds: list[int]) -> dict:
         runs = [run_stats(run_dir(out, name, seed)) for seed in seeds]
         row: dict = {"description": get_strategy(name).description, "pretrained": get_strategy(name).pretrained,
                      "n_seeds": len(runs)}
-        for key, label in (("val_accuracy", "val_accuracy"), ("final_train_accuracy", "train_accuracy"),
-                           ("gap", "gap"), ("seconds", "seconds"), ("trainable_params", "trainable_params")):
-            row[f"{label}_mean"], row[f"{label}_std"] = mean_std([r[key] for r in runs])
+        for key in ("val_accuracy", "final_train_accuracy", "gap", "wall_seconds", "trainable_params"):
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in runs])
         row["runs"] = runs
         table[name] = row
         first = read_run(run_dir(out, name, seeds[0]))

@@ -36,7 +36,7 @@ h1{font-size:26px;margin:0 0 14px}h2{font-size:19px;margin:34px 0 8px;border-bot
 .winner .big{font-size:23px;font-weight:650;margin:0 0 6px}.winner p{margin:6px 0;font-size:16px}
 .setup{color:#4a5263;font-size:14px;margin:10px 0}
 table{border-collapse:collapse;width:100%;font-size:14.5px}th,td{padding:6px 9px;text-align:left;border-bottom:1px solid #e4e7ec}
-th{background:#f4f6f9;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f6f9;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.win td{background:#fff6ea;font-weight:600}.swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px}
 img.fig{max-width:100%;height:auto}.cms{display:flex;flex-wrap:wrap;gap:14px}.cms figure{margin:0;width:270px}
 .cms img{width:100%}figcaption{font-size:13px;text-align:center;color:#333}

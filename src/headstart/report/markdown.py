@@ -55,7 +55,7 @@ def findings(summary: dict) -> list[str]:
         reason = (f"Starting from ImageNet weights is what makes the difference: {winner} beats training from scratch "
                   f"by {pts(w['val_accuracy_mean'] - s['val_accuracy_mean'])} on {images}")
         if s["gap_mean"] > 0.05:
-            reason += (f"; scratch fits its training images ({pct(s['train_accuracy_mean'])}) far better than new ones "
+            reason += (f"; scratch fits its training images ({pct(s['final_train_accuracy_mean'])}) far better than new ones "
                        f"({pct(s['val_accuracy_mean'])}), a {pts(s['gap_mean'])} gap: it memorises instead of learning "
                        "features that carry over.")
         else:
@@ -79,7 +79,7 @@ def findings(summary: dict) -> list[str]:
     if len(pretrained) > 1:
         worst = max(pretrained, key=lambda s: table[s]["gap_mean"])
         if table[worst]["gap_mean"] > 0.03:
-            out.append(f"Most overfitting among pretrained strategies: {worst} (train {pct(table[worst]['train_accuracy_mean'])}"
+            out.append(f"Most overfitting among pretrained strategies: {worst} (train {pct(table[worst]['final_train_accuracy_mean'])}"
                        f" vs val {pct(table[worst]['val_accuracy_mean'])} in the last epoch).")
     return out
 
@@ -92,8 +92,8 @@ def results_rows(summary: dict) -> list[dict]:
         rows.append({
             "strategy": name, "trains": WHAT_TRAINS.get(name, s["description"]),
             "val": s["val_accuracy_mean"], "val_std": s["val_accuracy_std"],
-            "train": s["train_accuracy_mean"], "gap": s["gap_mean"], "gap_std": s["gap_std"],
-            "params": s["trainable_params_mean"], "seconds": s["seconds_mean"],
+            "train": s["final_train_accuracy_mean"], "gap": s["gap_mean"], "gap_std": s["gap_std"],
+            "params": s["trainable_params_mean"], "seconds": s["wall_seconds_mean"],
             "per_seed": [r["val_accuracy"] for r in s["runs"]], "winner": name == summary["winner"],
         })
     return rows
