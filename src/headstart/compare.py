@@ -15,6 +15,7 @@ Each strategy keeps its own learning rates: they are part of what the strategy i
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from dataclasses import replace
@@ -54,8 +55,6 @@ def is_finished(directory: Path, cfg: TrainConfig) -> bool:
     run = read_run(directory)
     if run.get("interrupted"):
         return False
-    import json
-
     done = json.loads((directory / CONFIG_FILE).read_text())["train"]
     wanted = cfg.to_dict()
     differ = [k for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)]

@@ -101,7 +101,7 @@ def mean_curves(histories: list[list[dict]]) -> dict[str, np.ndarray]:
     return out
 
 
-def plot_compare_curves(curves: dict[str, dict[str, np.ndarray]], ylabel_chance: float | None = None):
+def plot_compare_curves(curves: dict[str, dict[str, np.ndarray]], chance: float | None = None):
     """Val accuracy of every strategy on one axes, then one panel per strategy with train (dashed) and val
     (solid) accuracy and the gap between them shaded: every panel shares both axes."""
     names = list(curves)
@@ -130,8 +130,8 @@ def plot_compare_curves(curves: dict[str, dict[str, np.ndarray]], ylabel_chance:
         ax.set_visible(False)
     for ax in flat[: len(names) + 1]:
         ax.grid(alpha=0.3)
-        if ylabel_chance is not None:
-            ax.axhline(ylabel_chance, color="#999", lw=0.8, ls=":")
+        if chance is not None:
+            ax.axhline(chance, color="#999", lw=0.8, ls=":")
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     for ax in axes[-1, :]:
