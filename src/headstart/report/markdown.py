@@ -112,7 +112,8 @@ def compare_markdown(summary: dict) -> str:
               "trainable params | seconds |", "|---|---|---|---|---|---|---|---|"]
     for r in results_rows(summary):
         name = f"**{r['strategy']}**" if r["winner"] else r["strategy"]
-        lines.append(f"| {name} | {r['trains']} | {pct(r['val'])} ± {pct(r['val_std'])} | "
+        spread = f" ± {pct(r['val_std'])}" if len(r["per_seed"]) > 1 else ""
+        lines.append(f"| {name} | {r['trains']} | {pct(r['val'])}{spread} | "
                      f"{' '.join(f'{v:.3f}' for v in r['per_seed'])} | {pct(r['train'])} | {pts(r['gap'])} | "
                      f"{human(r['params'])} | {r['seconds']:.0f} |")
     lines += ["", "Val accuracy: the best epoch's (its weights are the ones kept). Train accuracy and the gap: the "
