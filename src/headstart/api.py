@@ -23,6 +23,8 @@ from headstart.console import console, info, warn, warn_skipped
 from headstart.data import DataSplits, ImageSet, load_class_folders, load_data
 from headstart.errors import HeadstartError
 from headstart.evaluate import classification_metrics, evaluate_imagenet, evaluate_model, predict_files
+from headstart.report.diagram import DiagramRow
+from headstart.report.html import write_grid, write_run_report
 from headstart.report.plots import plot_confusion, plot_curves
 from headstart.runs import (
     CONFIG_FILE, HISTORY_FILE, RUN_FILE, is_run_dir, load_run, save_checkpoint, write_history, write_json,
@@ -165,8 +167,10 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
     write_history(out / HISTORY_FILE, result.history)
     plot_curves(result.history, out / "curves.png", f"{config['model']} · {strategy.name}")
     plot_confusion(metrics["confusion_matrix"], splits.classes, out / "confusion.png", f"val accuracy {metrics['accuracy']:.3f}")
+    write_grid(out, val.pixels, labels, logits, splits.classes)  # val images with predictions, for the report
+    write_run_report(out, DiagramRow(strategy.name, strategy.pretrained, describe_strategy(strategy, model)))
     info(f"best val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch}) · "
-         f"{result.train_seconds:.1f}s · outputs in {out}")
+         f"{result.train_seconds:.1f}s · outputs in {out} (report.html)")
     return run
 
 

@@ -100,6 +100,65 @@ def train(
 
 @app.command()
 @friendly_errors
+def compare(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    strategies: str = typer.Option("scratch,linear,partial,full,gradual", help="Comma-separated strategies."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds: every strategy runs once per seed."),
+    out: Path = typer.Option(..., help="Folder for runs/, summary.json, report.html, report.md."),
+    model: str = typer.Option("efficientnet_lite0", help="The one backbone every strategy uses."),
+    epochs: int = typer.Option(None, help="The epoch budget of every run (default: the strategies' default)."),
+    augment: str = typer.Option(None, help="none | light | strong, the same for every strategy (default light)."),
+    views: int = typer.Option(0, help="linear with augmentation: augmented views per image (default 8)."),
+    patience: int = typer.Option(0, help="Early stopping (0: off, so every strategy gets the same budget)."),
+    batch_size: int = typer.Option(32),
+    image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
+    per_class: int = typer.Option(None, help="Subsample training data to N images per class (one draw for all runs)."),
+    val_per_class: int = typer.Option(None, help="Validate on the first N images of each class only."),
+    classes: str = typer.Option(None, help="Comma-separated subset of classes."),
+    val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
+    data_seed: int = typer.Option(0, help="Seed of the split and the subsample (fixed across runs)."),
+    cache_dir: Path = typer.Option(None, help="Cache folder (default $HEADSTART_CACHE or ~/.cache/headstart)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
+):
+    """Train several strategies × seeds under identical conditions; write summary.json and report.html.
+
+    Finished runs are kept: after Ctrl-C, the same command finishes only the missing runs."""
+    from headstart.compare import compare as compare_api
+    from headstart.train import TrainConfig
+
+    try:
+        seed_list = [int(s) for s in split_list(seeds) or []]
+    except ValueError:
+        raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    cfg = TrainConfig(model=model, epochs=epochs, augment=augment, views=views, patience=patience or None,
+                      batch_size=batch_size, image_size=image_size, cache_dir=str(cache_dir) if cache_dir else None,
+                      device=device)
+    summary = compare_api(data, split_list(strategies) or [], seed_list, out, cfg, per_class=per_class,
+                          val_per_class=val_per_class, classes=split_list(classes), val_fraction=val_fraction,
+                          data_seed=data_seed, command=shlex.join(["headstart", *sys.argv[1:]]))
+    if as_json:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    from headstart.report.markdown import findings, results_rows
+
+    table = Table(title=findings(summary)[0], title_justify="left")
+    for col in ("strategy", "val accuracy", "train", "gap", "trainable", "seconds"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for r in results_rows(summary):
+        table.add_row(f"[bold]{r['strategy']}[/]" if r["winner"] else r["strategy"],
+                      f"{r['val']:.3f} ± {r['val_std']:.3f}", f"{r['train']:.3f}", f"{r['gap']:+.3f}",
+                      f"{r['params']:,.0f}", f"{r['seconds']:.0f}")
+    console.print(table)
+    for line in findings(summary)[1:]:
+        console.print(line)
+    console.print(f"report: [bold]{Path(out) / 'report.html'}[/]  (also report.md, summary.json)")
+
+
+@app.command()
+@friendly_errors
 def evaluate(
     model_or_run: str = typer.Argument(..., help="A run directory, or a pretrained model name (ImageNet head)."),
     data: Path = typer.Argument(..., help="Class folders (a run) or ImageNet synset folders (a model name)."),
@@ -175,6 +234,7 @@ def inspect(
     strategy: str = typer.Option("linear"),
     num_classes: int = typer.Option(None, help="Replace the head for N classes."),
     train_last: int = typer.Option(None, help="partial: how many last stage groups train."),
+    diagram: Path = typer.Option(None, help="Also draw the frozen/trainable diagram into this SVG file."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Stage groups, parameters, and what trains under a strategy: the model is just an nn.Module."""
@@ -183,6 +243,13 @@ def inspect(
     from headstart.api import inspect_model
 
     info = inspect_model(model, strategy, num_classes, train_last)
+    if diagram:
+        from headstart.report.diagram import DiagramRow, write_diagram
+        from headstart.strategies import get_strategy
+
+        row = DiagramRow(info["strategy"], get_strategy(strategy).pretrained, info["groups"])
+        write_diagram([row], diagram, f"{model} · {strategy}")
+        console.print(f"diagram: {diagram}")
     if as_json:
         print_json(info)
         return

@@ -1,0 +1,199 @@
+"""The controlled experiment: several strategies × seeds on the same data, then summary.json and the reports.
+
+    load_data once (one split, one subsample: every run sees the same images)
+      -> for strategy, seed: api.train(...) into out/runs/<strategy>-seed<seed>  (finished runs are skipped)
+      -> summarize(out): per-strategy mean/std over seeds, read back from the run directories
+      -> report.html + report.md
+
+Everything but the starting point and what is frozen is held fixed: architecture, data, split, image size,
+the epoch budget (early stopping is off unless asked for) and the augmentation. The strategies' own
+default augmentations differ (`linear` trains on un-augmented, cacheable features), so compare passes ONE
+`augment` to every run; `linear` gets it through `views` augmented copies of each image whose frozen
+features are computed once, so it stays a cached linear probe while seeing the same kind of augmented data.
+Each strategy keeps its own learning rates: they are part of what the strategy is.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from headstart.api import train as train_run
+from headstart.console import info
+from headstart.data import DataSplits, ImageSet, load_data
+from headstart.errors import HeadstartError
+from headstart.runs import CONFIG_FILE, HISTORY_FILE, RUN_FILE, read_history, read_run, write_json
+from headstart.strategies import get_strategy
+from headstart.train import TrainConfig
+
+SUMMARY_FILE = "summary.json"
+DEFAULT_AUGMENT = "light"
+DEFAULT_VIEWS = 8  # augmented views per image for `linear` when the comparison augments
+# Settings that change what a run computes: a finished run is reused only when all of them match.
+_RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "lr_decay", "train_last", "optimizer",
+                 "weight_decay", "label_smoothing", "warmup_epochs", "augment", "views", "patience", "seed",
+                 "image_size", "weights")
+
+
+def run_dir(out: Path, strategy: str, seed: int) -> Path:
+    return Path(out) / "runs" / f"{strategy}-seed{seed}"
+
+
+def run_config(base: TrainConfig, strategy: str, seed: int, epochs: int, augment: str) -> TrainConfig:
+    """The TrainConfig of one cell of the experiment: `base` with the strategy, seed and shared settings."""
+    views = (base.views or DEFAULT_VIEWS) if strategy == "linear" and augment != "none" else 0
+    return replace(base, strategy=strategy, seed=seed, epochs=epochs, augment=augment, views=views)
+
+
+def is_finished(directory: Path, cfg: TrainConfig) -> bool:
+    """True if `directory` holds a completed run of exactly `cfg`; an error if it holds a different one."""
+    if not (directory / RUN_FILE).is_file() or not (directory / HISTORY_FILE).is_file():
+        return False
+    run = read_run(directory)
+    if run.get("interrupted"):
+        return False
+    done = json.loads((directory / CONFIG_FILE).read_text())["train"]
+    wanted = cfg.to_dict()
+    differ = [k for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)]
+    if differ:
+        raise HeadstartError(
+            f"{directory} holds a run with other settings ({', '.join(f'{k}: {done.get(k)} vs {wanted.get(k)}' for k in differ)}); "
+            "use another --out, or delete that folder to redo it")
+    return True
+
+
+def first_per_class(images: ImageSet, n: int) -> ImageSet:
+    """The first `n` images of every class, in file order (a fixed, smaller validation set)."""
+    seen: dict[int, int] = defaultdict(int)
+    keep = []
+    for i, y in enumerate(images.labels):
+        if seen[y] < n:
+            keep.append(i)
+            seen[y] += 1
+    return images.subset(keep)
+
+
+def compare(
+    data: str | Path | DataSplits,
+    strategies: list[str],
+    seeds: list[int],
+    out: str | Path,
+    base: TrainConfig | None = None,
+    *,
+    per_class: int | None = None,
+    val_per_class: int | None = None,
+    classes: list[str] | None = None,
+    val_fraction: float = 0.2,
+    data_seed: int = 0,
+    command: str | None = None,
+    report: bool = True,
+) -> dict:
+    """Train every strategy × seed into `out/runs/`, skipping finished runs; write summary.json and the
+    reports; return the summary. Ctrl-C stops after the current run's checkpoint: run it again to finish."""
+    if not strategies or not seeds:
+        raise HeadstartError("give at least one strategy and one seed")
+    if len(set(strategies)) != len(strategies) or len(set(seeds)) != len(seeds):
+        raise HeadstartError("strategies and seeds must not repeat")
+    for name in strategies:
+        get_strategy(name)  # unknown names fail here, before any training
+    base = base or TrainConfig(patience=None)
+    epochs = base.epochs or max(get_strategy(s).epochs for s in strategies)
+    augment = base.augment or DEFAULT_AUGMENT
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    splits = data if isinstance(data, DataSplits) else load_data(
+        data, val_fraction=val_fraction, seed=data_seed, classes=classes, per_class=per_class)
+    if val_per_class:
+        splits = replace(splits, val=first_per_class(splits.val, val_per_class))
+
+    cells = [(s, seed) for s in strategies for seed in seeds]
+    todo = [(s, seed) for s, seed in cells
+            if not is_finished(run_dir(out, s, seed), run_config(base, s, seed, epochs, augment))]
+    info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds = {len(cells)} runs, "
+         f"{len(cells) - len(todo)} already finished · {epochs} epochs · augment {augment} · "
+         f"{len(splits.train)} train / {len(splits.val)} val images")
+    for i, (strategy, seed) in enumerate(todo, 1):
+        info(f"[bold]run {i}/{len(todo)}: {strategy}, seed {seed}[/]")
+        cfg = run_config(base, strategy, seed, epochs, augment)
+        run = train_run(splits, cfg, run_dir(out, strategy, seed), per_class=per_class, command=command)
+        if run.get("interrupted"):
+            info(f"interrupted: {len(todo) - i + 1} runs left; run the same command again to finish them")
+            raise KeyboardInterrupt
+    summary = summarize(out, strategies, seeds)
+    summary["setup"] = {"data": splits.source, "classes": splits.classes, "n_train": len(splits.train),
+                        "n_val": len(splits.val), "per_class": per_class, "val_per_class": val_per_class,
+                        "data_seed": data_seed, "model": base.model, "image_size": summary.pop("image_size"),
+                        "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": list(strategies),
+                        "command": command, "environment": summary.pop("environment")}
+    write_json(out / SUMMARY_FILE, summary)
+    if report:
+        from headstart.report.html import write_compare_report
+        from headstart.report.markdown import write_compare_markdown
+
+        html_path = write_compare_report(out, summary)
+        write_compare_markdown(out, summary)
+        info(f"report: {html_path}")
+    return summary
+
+
+def run_stats(directory: Path) -> dict:
+    """One run's numbers, from its history.csv (accuracies) and run.json (time, parameter counts)."""
+    history = read_history(directory / HISTORY_FILE)
+    run = read_run(directory)
+    last = history[-1]
+    return {
+        "seed": run["seed"],
+        "val_accuracy": max(r["val_accuracy"] for r in history),  # best epoch: its weights are the ones kept
+        "best_epoch": max(history, key=lambda r: r["val_accuracy"])["epoch"],
+        "final_train_accuracy": last["train_accuracy"],
+        "final_val_accuracy": last["val_accuracy"],
+        "gap": last["train_accuracy"] - last["val_accuracy"],  # overfitting: train − val at the same (last) epoch
+        "wall_seconds": run["train_seconds"],
+        "trainable_params": run["trainable_params_max"],
+        "epochs": len(history),
+    }
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1); the std of a single seed is 0."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(out: str | Path, strategies: list[str], seeds: list[int]) -> dict:
+    """Per strategy, mean and std over seeds of every number in `run_stats`; the winner and its margin."""
+    out = Path(out)
+    table: dict[str, dict] = {}
+    image_size = environment = None
+    for name in strategies:
+        runs = [run_stats(run_dir(out, name, seed)) for seed in seeds]
+        row: dict = {"description": get_strategy(name).description, "pretrained": get_strategy(name).pretrained,
+                     "n_seeds": len(runs)}
+        for key in ("val_accuracy", "final_train_accuracy", "gap", "wall_seconds", "trainable_params"):
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in runs])
+        row["runs"] = runs
+        table[name] = row
+        first = read_run(run_dir(out, name, seeds[0]))
+        image_size, environment = first["image_size"], first["environment"]
+    ranked = sorted(table, key=lambda s: table[s]["val_accuracy_mean"], reverse=True)
+    winner = ranked[0]
+    summary = {"winner": winner, "strategies": table, "ranking": ranked,
+               "image_size": image_size, "environment": environment}
+    if len(ranked) > 1:
+        runner_up = ranked[1]
+        summary["runner_up"] = runner_up
+        summary["margin"] = table[winner]["val_accuracy_mean"] - table[runner_up]["val_accuracy_mean"]
+        # Is the lead bigger than the seed-to-seed spread? With one seed there is no spread to judge by.
+        spread = max(table[winner]["val_accuracy_std"], table[runner_up]["val_accuracy_std"])
+        summary["margin_exceeds_spread"] = summary["margin"] > spread if len(seeds) > 1 else None
+    return summary
+
+
+def best_run(out: str | Path, summary: dict, strategy: str | None = None) -> Path:
+    """The run directory of `strategy` (default: the winner) with the highest val accuracy."""
+    strategy = strategy or summary["winner"]
+    best = max(summary["strategies"][strategy]["runs"], key=lambda r: r["val_accuracy"])
+    return run_dir(Path(out), strategy, best["seed"])

@@ -1,0 +1,312 @@
+"""Run directories -> one self-contained report.html (figures inlined: it opens offline, mails as one file).
+
+Two reports, built from the same pieces and reading only what training wrote:
+- `write_compare_report(out, summary)`: the controlled experiment — winner and why at the top, the
+  accuracy table with error bars, learning curves of every strategy on shared axes, the frozen/trainable
+  diagram, confusion matrices, the winner's val predictions (misclassified first), how to reproduce it.
+- `write_run_report(run_dir)`: the same for a single `headstart train` run.
+
+Figures are matplotlib PNGs as data: URIs; the diagram is inline SVG; there is no JavaScript.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from headstart.report.diagram import DiagramRow, human, rows_from_configs, strategy_diagram
+from headstart.report.markdown import WHAT_TRAINS, findings, pct, pts, results_rows
+from headstart.report.plots import plot_confusion, plot_curves, plt
+from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, read_history, read_run
+
+GRID_FILE = "val_grid.json"
+COLORS = {"scratch": "#e15759", "linear": "#4e79a7", "partial": "#f28e2b", "full": "#59a14f", "gradual": "#b07aa1",
+          "lp-ft": "#9c755f"}
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1180px;margin:24px auto;padding:0 20px;
+color:#1d2330;line-height:1.45}
+h1{font-size:26px;margin:0 0 14px}h2{font-size:19px;margin:34px 0 8px;border-bottom:1px solid #dde1e7;padding-bottom:4px}
+.winner{background:#fff6ea;border-left:6px solid #f28e2b;padding:14px 18px;border-radius:6px}
+.winner .big{font-size:23px;font-weight:650;margin:0 0 6px}.winner p{margin:6px 0;font-size:16px}
+.setup{color:#4a5263;font-size:14px;margin:10px 0}
+table{border-collapse:collapse;width:100%;font-size:14.5px}th,td{padding:6px 9px;text-align:left;border-bottom:1px solid #e4e7ec}
+th{background:#f4f6f9;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.win td{background:#fff6ea;font-weight:600}.swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px}
+img.fig{max-width:100%;height:auto}.cms{display:flex;flex-wrap:wrap;gap:14px}.cms figure{margin:0;width:270px}
+.cms img{width:100%}figcaption{font-size:13px;text-align:center;color:#333}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(104px,1fr));gap:8px}
+.grid figure{margin:0;text-align:center;font-size:12px}.grid img{width:96px;height:96px;image-rendering:auto;border:3px solid #59a14f;border-radius:4px}
+.grid figure.wrong img{border-color:#e15759}.grid .wrong figcaption{color:#b8282a;font-weight:600}
+pre{background:#f4f6f9;padding:10px;border-radius:6px;white-space:pre-wrap;word-break:break-all;font-size:13px}
+.note{color:#5a6272;font-size:13px}
+.badge{display:inline-block;background:#f28e2b;color:#fff;font-size:.72em;font-weight:700;text-transform:uppercase;
+letter-spacing:.04em;padding:2px 7px;border-radius:4px;vertical-align:middle}
+"""
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def png_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def png_file_uri(draw) -> str:
+    """A data: URI of a figure that one of plots.py's functions writes to a file-like object."""
+    buf = io.BytesIO()
+    draw(buf)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def img(uri: str, alt: str, cls: str = "fig") -> str:
+    return f'<img class="{cls}" src="{uri}" alt="{escape(alt)}">'
+
+
+def page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+            f"<body>{body}</body></html>\n")
+
+
+def accuracy_bar(mean: float, std: float, values: list[float], color: str, width: int = 220) -> str:
+    """A small SVG: a bar to the mean, a whisker of ± one std, a dot per seed (0 to 100% left to right)."""
+    x = lambda v: 2 + (width - 4) * min(max(v, 0.0), 1.0)  # noqa: E731
+    parts = [f'<svg width="{width}" height="18" viewBox="0 0 {width} 18" role="img" aria-label="{pct(mean)}">',
+             f'<rect x="2" y="3" width="{width - 4}" height="12" fill="#eef0f3"/>',
+             f'<rect x="2" y="3" width="{x(mean) - 2:.1f}" height="12" fill="{color}" opacity="0.85"/>']
+    if std > 0:
+        lo, hi = x(mean - std), x(mean + std)
+        parts.append(f'<path d="M{lo:.1f} 9H{hi:.1f}M{lo:.1f} 5V13M{hi:.1f} 5V13" stroke="#111" stroke-width="1.4"/>')
+    parts += [f'<circle cx="{x(v):.1f}" cy="9" r="2.2" fill="#fff" stroke="#111" stroke-width="0.8"/>' for v in values]
+    return "".join(parts) + "</svg>"
+
+
+def mean_curves(histories: list[list[dict]]) -> dict[str, np.ndarray]:
+    """Per-epoch means over seeds (runs that stopped early contribute to the epochs they ran)."""
+    n = max(len(h) for h in histories)
+    out = {}
+    for key in ("train_accuracy", "val_accuracy", "train_loss", "val_loss"):
+        grid = np.full((len(histories), n), np.nan)
+        for i, h in enumerate(histories):
+            grid[i, : len(h)] = [r[key] for r in h]
+        out[key] = np.nanmean(grid, axis=0)
+    out["epoch"] = np.arange(1, n + 1)
+    return out
+
+
+def plot_compare_curves(curves: dict[str, dict[str, np.ndarray]], chance: float | None = None):
+    """Val accuracy of every strategy on one axes, then one panel per strategy with train (dashed) and val
+    (solid) accuracy and the gap between them shaded: every panel shares both axes."""
+    names = list(curves)
+    panels = len(names) + 1
+    cols = panels if panels <= 4 else 3
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.7 * cols, 3.0 * rows), sharex=True, sharey=True, squeeze=False)
+    flat = axes.ravel()
+    ax = flat[0]
+    for name in names:
+        c = curves[name]
+        ax.plot(c["epoch"], c["val_accuracy"], "-o", ms=3, color=COLORS.get(name, "#333"), label=name, lw=2)
+    ax.set_title("val accuracy, all strategies", fontsize=11)
+    ax.legend(fontsize=8.5, loc="lower right")
+    for ax, name in zip(flat[1:], names):
+        c = curves[name]
+        color = COLORS.get(name, "#333")
+        ax.plot(c["epoch"], c["train_accuracy"], "--", color=color, lw=1.6, label="train")
+        ax.plot(c["epoch"], c["val_accuracy"], "-", color=color, lw=2.2, label="val")
+        ax.fill_between(c["epoch"], c["val_accuracy"], c["train_accuracy"], color="#e15759", alpha=0.15,
+                        label="gap (overfitting)")
+        gap = c["train_accuracy"][-1] - c["val_accuracy"][-1]
+        ax.set_title(f"{name}: train vs val (gap {100 * gap:+.1f} pts)", fontsize=11)
+        ax.legend(fontsize=8, loc="lower right")
+    for ax in flat[len(names) + 1:]:
+        ax.set_visible(False)
+    for ax in flat[: len(names) + 1]:
+        ax.grid(alpha=0.3)
+        if chance is not None:
+            ax.axhline(chance, color="#999", lw=0.8, ls=":")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
+
+
+def grid_html(grid: dict | None) -> str:
+    if not grid or not grid.get("images"):
+        return '<p class="note">No prediction grid in this run directory.</p>'
+    cells = []
+    for g in grid["images"]:
+        wrong = not g["correct"]
+        caption = (f"{escape(g['predicted'])} {g['probability']:.0%}<br><span>true: {escape(g['true'])}</span>" if wrong
+                   else f"{escape(g['predicted'])} {g['probability']:.0%}")
+        cells.append(f'<figure class="{"wrong" if wrong else "right"}">'
+                     f'<img src="data:image/jpeg;base64,{g["thumb"]}" alt="{escape(g["true"])}"><figcaption>{caption}'
+                     "</figcaption></figure>")
+    head = (f'<p class="note">{grid["n_wrong"]} of {grid["n"]} val images misclassified; shown: the most confident '
+            "mistakes first (red), then correct predictions (green), with the predicted label and its probability.</p>")
+    return head + f'<div class="grid">{"".join(cells)}</div>'
+
+
+def reproduce_html(command: str | None, environment: dict, extra: str = "") -> str:
+    env = ", ".join(f"{escape(str(k))} {escape(str(v))}" for k, v in (environment or {}).items())
+    return (f"<pre>{escape(command or '(run from the Python API: see config.json)')}</pre>"
+            f'<p class="note">{extra}Versions: {env}.</p>')
+
+
+def write_grid(run_dir: Path, pixels: np.ndarray, labels, logits, classes: list[str], n: int = 24) -> Path:
+    """val_grid.json: up to `n` val images as small JPEG thumbnails with their predictions, the most
+    confident mistakes first, then correct ones spread over the val set."""
+    import torch
+    from PIL import Image
+
+    probs = torch.as_tensor(logits).float().softmax(1)
+    conf, pred = probs.max(1)
+    labels = torch.as_tensor(labels)
+    wrong = (pred != labels).nonzero().flatten().tolist()
+    wrong.sort(key=lambda i: -float(conf[i]))
+    right = (pred == labels).nonzero().flatten().tolist()
+    shown_wrong = wrong[: n - min(len(right), n // 3)]
+    n_right = n - len(shown_wrong)
+    chosen = shown_wrong + right[:: max(1, len(right) // max(n_right, 1))][:n_right]
+    images = []
+    for i in chosen:
+        thumb = Image.fromarray(np.asarray(pixels[i])).convert("RGB")
+        thumb.thumbnail((96, 96))
+        buf = io.BytesIO()
+        thumb.save(buf, format="JPEG", quality=88)
+        images.append({"index": i, "true": classes[int(labels[i])], "predicted": classes[int(pred[i])],
+                       "probability": float(conf[i]), "correct": bool(pred[i] == labels[i]),
+                       "thumb": base64.b64encode(buf.getvalue()).decode()})
+    path = Path(run_dir) / GRID_FILE
+    atomic_write_text(path, json.dumps({"n": int(len(labels)), "n_wrong": len(wrong), "images": images}))
+    return path
+
+
+def read_grid(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / GRID_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def results_table(summary: dict) -> str:
+    seeds = max(s["n_seeds"] for s in summary["strategies"].values())
+    head = ("<tr><th>strategy</th><th>what trains</th><th>val accuracy"
+            f"{' (mean ± std, dots: seeds)' if seeds > 1 else ''}</th><th class='num'>val acc</th>"
+            "<th class='num'>train acc</th><th class='num'>gap (train − val)</th><th class='num'>trainable params</th>"
+            "<th class='num'>seconds</th></tr>")
+    body = []
+    for r in results_rows(summary):
+        color = COLORS.get(r["strategy"], "#333")
+        std = f" ± {pct(r['val_std'])}" if seeds > 1 else ""
+        body.append(
+            f'<tr class="{"win" if r["winner"] else ""}" data-strategy="{escape(r["strategy"])}">'
+            f'<td><span class="swatch" style="background:{color}"></span>{escape(r["strategy"])}'
+            f'{" <span class=badge>winner</span>" if r["winner"] else ""}</td><td>{escape(r["trains"])}</td>'
+            f"<td>{accuracy_bar(r['val'], r['val_std'], r['per_seed'], color)}</td>"
+            f"<td class='num'>{pct(r['val'])}{std}</td><td class='num'>{pct(r['train'])}</td>"
+            f"<td class='num'>{100 * r['gap']:+.1f} pts</td><td class='num'>{human(r['params'])}</td>"
+            f"<td class='num'>{r['seconds']:.0f}</td></tr>")
+    return f'<table id="results"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def compare_html(out: Path, summary: dict) -> str:
+    from headstart.compare import best_run, run_dir
+
+    setup = summary["setup"]
+    seeds = setup["seeds"]
+    facts = findings(summary)
+    curves = {name: mean_curves([read_history(run_dir(out, name, s) / HISTORY_FILE) for s in seeds])
+              for name in setup["strategies"]}
+    chance = 1 / len(setup["classes"])
+    diagram_rows = rows_from_configs([json.loads((run_dir(out, name, seeds[0]) / CONFIG_FILE).read_text())
+                                      for name in summary["ranking"]])
+    confusions = []
+    for name in summary["ranking"]:
+        cm = sum(np.asarray(read_run(run_dir(out, name, s))["val_metrics"]["confusion_matrix"]) for s in seeds)
+        acc = np.trace(cm) / cm.sum()
+        uri = png_file_uri(lambda buf, cm=cm, name=name, acc=acc: plot_confusion(
+            cm.tolist(), setup["classes"], buf, f"{name} · {acc:.1%}"))
+        confusions.append(f"<figure>{img(uri, f'confusion matrix of {name}')}<figcaption>{escape(name)}"
+                          f"{' (summed over seeds)' if len(seeds) > 1 else ''}</figcaption></figure>")
+    winner_dir = best_run(out, summary)
+    body = [
+        f"<h1>Which fine-tuning strategy works on {escape(Path(str(setup['data'])).name or str(setup['data']))}?</h1>",
+        f'<div class="winner"><p class="big"><span class="badge">winner</span> {escape(facts[0])}</p>',
+        *[f"<p>{escape(f)}</p>" for f in facts[1:]], "</div>",
+        f'<p class="setup">Same for every strategy: {escape(setup["model"])} at {setup["image_size"]}px · '
+        f'{setup["n_train"]} train / {setup["n_val"]} val images ({escape(", ".join(setup["classes"]))}) · '
+        f'{setup["epochs"]} epochs · augmentation <b>{escape(setup["augment"])}</b> · seeds '
+        f'{escape(", ".join(map(str, seeds)))}. Only the starting point and what is frozen differ.</p>',
+        "<h2>Accuracy</h2>", results_table(summary),
+        '<p class="note">Val accuracy: the best epoch (its weights are kept). Train accuracy and gap: the last epoch. '
+        "A large gap means the model learned its training images rather than the task.</p>",
+        "<h2>Learning curves</h2>",
+        img(png_uri(plot_compare_curves(curves, chance)), "learning curves of every strategy"),
+        f'<p class="note">Means over {len(seeds)} seed(s). Dotted line: chance ({chance:.0%}). '
+        "Shaded: train − val, the overfitting gap.</p>",
+        "<h2>What trains under each strategy</h2>",
+        strategy_diagram(diagram_rows),
+        "<h2>Confusion matrices</h2>", f'<div class="cms">{"".join(confusions)}</div>',
+        f"<h2>Val predictions of the winner ({escape(summary['winner'])}, seed {read_run(winner_dir)['seed']})</h2>",
+        grid_html(read_grid(winner_dir)),
+        "<h2>Reproduce</h2>",
+        reproduce_html(setup.get("command"), setup.get("environment"),
+                       f"Seeds {', '.join(map(str, seeds))}; data split seed {setup.get('data_seed', 0)}; "
+                       f"every run's config.json, history.csv and weights are under runs/. "),
+    ]
+    return page(f"headstart compare: {summary['winner']} wins", "\n".join(body))
+
+
+def write_compare_report(out: str | Path, summary: dict) -> Path:
+    path = Path(out) / "report.html"
+    atomic_write_text(path, compare_html(Path(out), summary))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ one run
+def run_html(run_dir: Path, diagram: DiagramRow | None = None) -> str:
+    run = read_run(run_dir)
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    history = read_history(run_dir / HISTORY_FILE)
+    last = history[-1]
+    gap = last["train_accuracy"] - last["val_accuracy"]
+    name = run["strategy"]
+    diagram = strategy_diagram([diagram or rows_from_configs([config])[0]])
+    curves = png_file_uri(lambda buf: plot_curves(history, buf, f"{run['model']} · {name}"))
+    confusion = png_file_uri(lambda buf: plot_confusion(run["val_metrics"]["confusion_matrix"], run["classes"], buf,
+                                                        f"val accuracy {run['val_metrics']['accuracy']:.3f}"))
+    verdict = ("it overfits: consider stronger augmentation, fewer trainable layers or more images" if gap > 0.1
+               else "train and val agree: little overfitting")
+    body = [
+        f"<h1>{escape(name)} on {escape(Path(str(config.get('data') or '')).name or str(config.get('data')))}</h1>",
+        f'<div class="winner"><p class="big">val accuracy {pct(run["best_val_accuracy"])} (epoch {run["best_epoch"]} '
+        f'of {run["epochs"]})</p><p>{escape(WHAT_TRAINS.get(name, name)).capitalize()}. Last epoch: train '
+        f'{pct(last["train_accuracy"])}, val {pct(last["val_accuracy"])}, a {pts(gap)} gap: {verdict}.'
+        f'{" Interrupted: this is the best checkpoint so far." if run.get("interrupted") else ""}</p></div>',
+        f'<p class="setup">{escape(run["model"])} at {run["image_size"]}px · {run["n_train"]} train / {run["n_val"]} '
+        f'val images · {escape(", ".join(run["classes"]))} · {human(run["trainable_params_max"])} of '
+        f'{human(run["total_params"])} parameters train · {run["train_seconds"]:.0f} s · seed {run["seed"]}</p>',
+        "<h2>Learning curves</h2>", img(curves, "learning curves"),
+        "<h2>What trains</h2>", diagram,
+        "<h2>Confusion matrix</h2>", f'<div class="cms"><figure>{img(confusion, "confusion matrix")}</figure></div>',
+        "<h2>Val predictions</h2>", grid_html(read_grid(run_dir)),
+        "<h2>Reproduce</h2>", reproduce_html(config.get("command"), run.get("environment")),
+    ]
+    return page(f"headstart: {name} {pct(run['best_val_accuracy'])}", "\n".join(body))
+
+
+def write_run_report(run_dir: str | Path, diagram: DiagramRow | None = None) -> Path:
+    """report.html of one run; `diagram` saves rebuilding the model when the caller has it at hand."""
+    run_dir = Path(run_dir)
+    path = run_dir / "report.html"
+    atomic_write_text(path, run_html(run_dir, diagram))
+    return path

@@ -1,0 +1,134 @@
+"""compare: every strategy × seed on one split, summary.json from the runs' own records, resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+
+import headstart.compare as compare_mod
+import headstart.train as train_mod
+from headstart.compare import compare, run_dir
+from headstart.errors import HeadstartError
+from headstart.train import TrainConfig
+from tiny_images import make_dataset
+
+STRATEGIES, SEEDS = ["scratch", "linear", "partial"], [0, 1]
+
+
+def tiny_config(**kw) -> TrainConfig:
+    settings = dict(model="test_efficientnet", epochs=2, image_size=32, batch_size=8, patience=None, num_workers=0)
+    return TrainConfig(**{**settings, **kw})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    summary = compare(data, STRATEGIES, SEEDS, out, tiny_config(cache_dir=str(out / "cache")), command="test")
+    return out, summary
+
+
+def history(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_summary_equals_statistics_recomputed_from_histories(finished):
+    out, summary = finished
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["winner"] == summary["winner"] and set(on_disk["strategies"]) == set(STRATEGIES)
+    for name in STRATEGIES:
+        rows = [history(run_dir(out, name, s) / "history.csv") for s in SEEDS]
+        runs = [json.loads((run_dir(out, name, s) / "run.json").read_text()) for s in SEEDS]
+        best_val = [max(float(r["val_accuracy"]) for r in h) for h in rows]
+        final_train = [float(h[-1]["train_accuracy"]) for h in rows]
+        gap = [float(h[-1]["train_accuracy"]) - float(h[-1]["val_accuracy"]) for h in rows]
+        got = on_disk["strategies"][name]
+        for key, values in (("val_accuracy", best_val), ("final_train_accuracy", final_train), ("gap", gap),
+                            ("wall_seconds", [r["train_seconds"] for r in runs]),
+                            ("trainable_params", [r["trainable_params_max"] for r in runs])):
+            assert got[f"{key}_mean"] == pytest.approx(statistics.mean(values), abs=1e-9), (name, key)
+            assert got[f"{key}_std"] == pytest.approx(statistics.stdev(values), abs=1e-9), (name, key)
+    means = {n: on_disk["strategies"][n]["val_accuracy_mean"] for n in STRATEGIES}
+    assert on_disk["winner"] == max(means, key=means.get)
+    ranked = sorted(means.values(), reverse=True)
+    assert on_disk["margin"] == pytest.approx(ranked[0] - ranked[1])
+
+
+def test_controlled_settings_are_the_same_for_every_strategy(finished):
+    out, summary = finished
+    configs = {n: json.loads((run_dir(out, n, 0) / "config.json").read_text())["train"] for n in STRATEGIES}
+    assert {c["augment"] for c in configs.values()} == {"light"}  # one augmentation for all, linear included
+    assert {c["epochs"] for c in configs.values()} == {2} and {c["patience"] for c in configs.values()} == {None}
+    assert configs["linear"]["views"] > 0 and configs["partial"]["views"] == 0  # linear: cached augmented views
+    splits = {json.loads((run_dir(out, n, s) / "run.json").read_text())["n_train"] for n in STRATEGIES for s in SEEDS}
+    assert splits == {16}  # the same training images in every run
+    assert summary["setup"]["seeds"] == SEEDS and summary["setup"]["command"] == "test"
+
+
+def test_reports_have_one_row_per_strategy(finished):
+    out, summary = finished
+    md = (out / "report.md").read_text()
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| strategy")]
+    assert len(table_rows) == len(STRATEGIES)
+    assert summary["winner"] in md.split("\n\n")[1]  # the winner is named in the first paragraph
+    html = (out / "report.html").read_text()
+    assert html.count('data-strategy="') == len(STRATEGIES)
+    assert "src=\"file:" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
+
+
+def test_interrupted_compare_finishes_only_the_missing_runs(data, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    cfg = tiny_config(cache_dir=str(tmp_path / "cache"))
+    real_epoch, calls = train_mod.train_one_epoch, {"n": 0}
+
+    def ctrl_c_in_third_run(*args, **kwargs):  # 2 epochs per run: call 6 is the 3rd run's 2nd epoch
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", ctrl_c_in_third_run)
+    with pytest.raises(KeyboardInterrupt):
+        compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
+    monkeypatch.setattr(train_mod, "train_one_epoch", real_epoch)
+    third = run_dir(out, "linear", 0)
+    assert json.loads((third / "run.json").read_text())["interrupted"] is True  # kept, marked, to be redone
+    assert not run_dir(out, "linear", 1).exists()
+    done = {d: (d / "run.json").stat().st_mtime_ns for d in (run_dir(out, "scratch", 0), run_dir(out, "scratch", 1))}
+
+    real_train, trained = compare_mod.train_run, []
+
+    def record(splits, cfg, directory, **kw):
+        trained.append((cfg.strategy, cfg.seed))
+        return real_train(splits, cfg, directory, **kw)
+
+    monkeypatch.setattr(compare_mod, "train_run", record)
+    summary = compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
+    assert trained == [("linear", 0), ("linear", 1), ("partial", 0), ("partial", 1)]
+    assert {d: (d / "run.json").stat().st_mtime_ns for d in done} == done  # finished runs untouched
+    assert json.loads((third / "run.json").read_text())["interrupted"] is False
+    assert set(summary["strategies"]) == set(STRATEGIES)
+    trained.clear()
+    compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
+    assert trained == []  # everything finished: nothing is redone
+
+
+def test_a_finished_run_with_other_settings_is_refused(finished, data):
+    out, _ = finished
+    with pytest.raises(HeadstartError, match="other settings.*epochs"):
+        compare(data, ["scratch"], [0], out, tiny_config(epochs=3, cache_dir=str(out / "cache")))
+
+
+def test_bad_arguments_fail_before_training(data, tmp_path):
+    with pytest.raises(HeadstartError, match="unknown strategy"):
+        compare(data, ["linear", "frozen"], [0], tmp_path)
+    with pytest.raises(HeadstartError, match="repeat"):
+        compare(data, ["linear", "linear"], [0], tmp_path)

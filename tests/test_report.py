@@ -1,0 +1,128 @@
+"""Reports: the SVG diagram, the findings sentences, the single-run report, and the compare report opened in
+a real headless Chromium (no console errors, every image loaded, one table row per strategy, a screenshot)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cdp_browser import Browser, find_chromium
+from headstart.api import train
+from headstart.backbones import load_backbone
+from headstart.cli import app
+from headstart.compare import compare
+from headstart.report.diagram import FROZEN, SCRATCH, TRAINABLE, DiagramRow, strategy_diagram
+from headstart.report.markdown import findings
+from headstart.strategies import describe_strategy, get_strategy
+from headstart.train import TrainConfig
+from tiny_images import make_dataset
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def diagram_row(name: str) -> DiagramRow:
+    model = load_backbone("test_efficientnet", pretrained=False)
+    model.reset_head(3)
+    strategy = get_strategy(name)
+    return DiagramRow(name, strategy.pretrained, describe_strategy(strategy, model))
+
+
+def block_fills(svg: str) -> list[list[str]]:
+    """Fill of every stage-group block, row by row (blocks are the rects inside a titled <g>)."""
+    root = ET.fromstring(svg)
+    return [g.find(f"{SVG}rect").get("fill") for g in root.iter(f"{SVG}g")]
+
+
+def test_diagram_colours_follow_the_strategy():
+    rows = [diagram_row(n) for n in ("scratch", "linear", "partial", "gradual")]
+    fills = block_fills(strategy_diagram(rows))
+    n = len(rows[0].groups)  # stem, stages..., head
+    scratch, linear, partial, gradual = (fills[i * n:(i + 1) * n] for i in range(4))
+    assert scratch == [SCRATCH] * n  # random start: everything trains
+    assert linear == [FROZEN] * (n - 1) + [TRAINABLE]  # only the head
+    assert partial == [FROZEN] * (n - 2) + [TRAINABLE] * 2  # last stage group + head
+    assert gradual == ["url(#later)"] * (n - 1) + [TRAINABLE]  # head now, the rest unfrozen later
+    svg = strategy_diagram(rows[2:3])
+    total = sum(g["params"] for g in rows[2].groups)
+    trainable = sum(g["params"] for g in rows[2].groups if g["trainable"])
+    assert f"({trainable / total:.0%})" in svg  # the share written next to the row is the real one
+
+
+def test_inspect_draws_the_diagram(tmp_path):
+    path = tmp_path / "partial.svg"
+    result = CliRunner().invoke(app, ["inspect", "test_efficientnet", "--strategy", "partial", "--diagram", str(path)])
+    assert result.exit_code == 0, result.output
+    fills = block_fills(path.read_text())
+    assert fills.count(TRAINABLE) == 2 and fills[0] == FROZEN
+
+
+def summary_of(val: dict[str, float], gap: dict[str, float], winner: str, std: float = 0.01) -> dict:
+    table = {n: {"val_accuracy_mean": v, "val_accuracy_std": std, "final_train_accuracy_mean": v + gap[n],
+                 "gap_mean": gap[n], "n_seeds": 3, "pretrained": n != "scratch", "description": n}
+             for n, v in val.items()}
+    ranked = sorted(val, key=val.get, reverse=True)
+    return {"winner": winner, "strategies": table, "ranking": ranked, "runner_up": ranked[1],
+            "margin": val[ranked[0]] - val[ranked[1]], "margin_exceeds_spread": val[ranked[0]] - val[ranked[1]] > std,
+            "setup": {"n_train": 1500}}
+
+
+def test_findings_say_who_won_and_why_in_numbers():
+    s = summary_of({"scratch": 0.55, "linear": 0.83, "partial": 0.87}, {"scratch": 0.35, "linear": 0.02, "partial": 0.09},
+                   "partial")
+    text = findings(s)
+    assert text[0].startswith("partial wins with 87.0% ± 1.0%") and "4.0 points ahead of linear" in text[0]
+    assert "by 32.0 points" in text[1] and "35.0 points gap" in text[1] and "memorises" in text[1]
+    assert "adds 4.0 points over frozen features" in text[2]
+    tied = summary_of({"linear": 0.830, "partial": 0.835}, {"linear": 0.0, "partial": 0.0}, "partial", std=0.02)
+    assert "treat the two as tied" in findings(tied)[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_train_writes_a_single_run_report(data, tmp_path):
+    cfg = TrainConfig(model="test_efficientnet", strategy="partial", epochs=2, image_size=32, batch_size=8,
+                      num_workers=0, cache_dir=str(tmp_path / "cache"))
+    run = train(data, cfg, tmp_path / "run", command="headstart train tiny")
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<svg" in html and "headstart train tiny" in html
+    grid = json.loads((tmp_path / "run" / "val_grid.json").read_text())
+    assert grid["n"] == run["n_val"] == 8
+    wrong = [g["correct"] for g in grid["images"]].index(True) if any(g["correct"] for g in grid["images"]) else None
+    assert all(not g["correct"] for g in grid["images"][:wrong])  # misclassified first
+    assert grid["n_wrong"] == sum(not g["correct"] for g in grid["images"])  # 8 images: all of them shown
+
+
+@pytest.fixture(scope="module")
+def compare_out(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    cfg = TrainConfig(model="test_efficientnet", epochs=2, image_size=32, batch_size=8, num_workers=0,
+                      patience=None, cache_dir=str(out / "cache"))
+    compare(data, ["scratch", "linear", "partial"], [0, 1], out, cfg, command="headstart compare tiny")
+    return out
+
+
+@pytest.mark.browser
+def test_report_opens_in_headless_chromium(compare_out):
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (make test installs it when run as root)")
+    for page, rows in ((compare_out / "report.html", 3), (compare_out / "runs" / "linear-seed0" / "report.html", 0)):
+        with Browser(binary) as browser:
+            browser.open(page.resolve().as_uri())
+            widths = browser.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+            assert widths and all(w > 0 for w in widths), widths  # every image decoded
+            assert browser.evaluate("document.querySelectorAll('#results tbody tr').length") == rows
+            assert browser.evaluate("document.querySelectorAll('svg').length") >= 1
+            if rows:
+                assert "wins with" in browser.evaluate("document.querySelector('.winner').innerText")
+            shot = browser.screenshot(ARTIFACTS / f"{'compare' if rows else 'run'}-report.png")
+            assert browser.console_errors() == []
+        assert shot.stat().st_size > 10_000
