@@ -207,7 +207,7 @@ def predict_batches(model, batches, start, pre, device) -> tuple[torch.Tensor, t
     all_logits, all_labels = [], []
     for x, y in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = forward_batch(model, x.to(device), start, pre)
+            logits = forward_batch(model, x.to(device, non_blocking=True), start, pre)
         all_logits.append(logits.float().cpu())
         all_labels.append(y)
     return torch.cat(all_logits), torch.cat(all_labels)
@@ -253,7 +253,8 @@ def fit(
         common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache)
         val_acts = prefix_activations(model, val.pixels, start, **common, source_key=val.key) if start else None
         val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=64) if val_acts is not None
-                       else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=64))
+                       else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=64,
+                                       pin_memory=device.type == "cuda"))
         train_acts = None
         if start and (augment == "none" or cfg.views):
             views = cfg.views if augment != "none" else 0
