@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -133,7 +134,8 @@ def main() -> None:
               "n_train": sizes["train"], "n_val": sizes["val"], "image_size": args.image_size,
               "batch_size": args.batch_size, "workers": args.workers, "loop_seconds": loop_seconds,
               "job_seconds_in_process": time.perf_counter() - t_job,
-              "train_images_per_second": sizes["train"] * args.epochs / loop_seconds, "history": history}
+              "train_images_per_second": sizes["train"] * args.epochs / loop_seconds,
+              "epoch_seconds_median": statistics.median(r["seconds"] for r in history), "history": history}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}))
