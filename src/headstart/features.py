@@ -47,10 +47,11 @@ def prefix_fingerprint(model: StagedModel, start: int) -> str:
 
 
 def features_key(model: StagedModel, start: int, pre: Preprocessing, source_key: str, views: int, seed: int,
-                 augment: str | None) -> str:
+                 augment: str | None, device: torch.device) -> str:
     augmentation = (augment, views, seed) if views else None
+    precision = "bf16" if device.type == "cuda" else "fp32"  # run_prefix autocasts on CUDA
     return digest("prefix-v2", source_key, model.name, prefix_fingerprint(model, start), pre.to_dict(), start,
-                  augmentation)
+                  augmentation, precision)
 
 
 def run_prefix(model: StagedModel, images: torch.Tensor, start: int, pre: Preprocessing) -> torch.Tensor:
@@ -88,7 +89,7 @@ def prefix_activations(
     """
     path = None
     if use_cache and source_key:
-        key = features_key(model, start, pre, source_key, views, seed, augment)
+        key = features_key(model, start, pre, source_key, views, seed, augment, device)
         path = cache_root(cache_dir) / FEATURES_DIR / f"{key}.pt"
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
