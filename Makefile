@@ -41,5 +41,11 @@ chromium:
 test: install chromium
 	$(PY) -m pytest -q
 
+# headstart against the tutorial's loop on this machine (~1 h on 2 cores): bench/results/*.json, then the table.
+bench: install
+	PYTHONPATH=src:bench $(PY) bench/run.py
+	PYTHONPATH=src:bench $(PY) bench/table.py > bench/results/table.md
+	@echo "results: bench/results/*.json, table: bench/results/table.md (see docs/performance.md)"
+
 clean:
 	rm -rf runs .pytest_cache

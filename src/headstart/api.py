@@ -141,14 +141,16 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
                val: Split, config: dict) -> dict:
     """Best weights back in, final evaluation, run.json, figures."""
     model.load_state_dict(result.best_state)
-    device = pick_device(config["train"]["device"])
-    from torch.utils.data import DataLoader
+    if result.val_logits is not None:  # fit evaluated the best weights on val already: no second forward pass
+        logits, labels = result.val_logits, result.val_labels
+    else:
+        from torch.utils.data import DataLoader
 
-    from headstart.train import PixelDataset
-    from headstart.transforms import eval_transform
+        from headstart.train import PixelDataset
+        from headstart.transforms import eval_transform
 
-    loader = DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(model.preprocessing)), batch_size=64)
-    logits, labels = predict_batches(model, loader, 0, model.preprocessing, device)
+        loader = DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(model.preprocessing)), batch_size=64)
+        logits, labels = predict_batches(model, loader, 0, model.preprocessing, pick_device(config["train"]["device"]))
     metrics = classification_metrics(logits, labels, splits.classes)
     last = result.history[-1]
     run = {

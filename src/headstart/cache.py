@@ -89,10 +89,12 @@ def decode_images(
     pixels = pixels[ok] if len(kept) < len(images) else pixels
     if use_cache:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = array_path.with_suffix(".tmp.npy")
+        tmp = array_path.with_name(f"{key}.{os.getpid()}.tmp.npy")  # per process: concurrent runs never collide
         np.save(tmp, pixels)
         os.replace(tmp, array_path)  # atomic: an interrupted run never leaves a half-written entry
-        meta_path.write_text(json.dumps({"kept": kept, "skipped": skipped, "size": size}))
+        tmp_meta = meta_path.with_name(f"{key}.{os.getpid()}.tmp.json")
+        tmp_meta.write_text(json.dumps({"kept": kept, "skipped": skipped, "size": size}))
+        os.replace(tmp_meta, meta_path)
         pixels = np.load(array_path, mmap_mode="r")
     return DecodedImages(pixels, kept, skipped)
 

@@ -93,6 +93,8 @@ class FitResult:
     train_seconds: float = 0.0
     stopped_early: bool = False
     notes: list[str] = field(default_factory=list)
+    val_logits: torch.Tensor | None = None  # of the best epoch: the final evaluation needs no second forward pass
+    val_labels: torch.Tensor | None = None
 
 
 class PixelDataset(Dataset):
@@ -213,7 +215,7 @@ def predict_batches(model, batches, start, pre, device) -> tuple[torch.Tensor, t
     all_logits, all_labels = [], []
     for x, y in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = forward_batch(model, x.to(device), start, pre)
+            logits = forward_batch(model, x.to(device, non_blocking=True), start, pre)
         all_logits.append(logits.float().cpu())
         all_labels.append(y)
     return torch.cat(all_logits), torch.cat(all_labels)
@@ -251,6 +253,7 @@ def fit(
 
     history: list[dict] = []
     best_acc, best_epoch, best_state, stale = -1.0, -1, {}, 0
+    best_logits = best_labels = None
     trainable: list[str] | None = None
     interrupted = stopped_early = False
     t_start = time.perf_counter()
@@ -264,15 +267,17 @@ def fit(
     def loaders(start: int):
         """Train and val batches for a frozen prefix [0, start): cached activations where they are fixed."""
         set_train_mode(model, trainable, strategy)  # frozen groups in eval mode before computing anything
-        common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache, batch_size=64)
+        common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache)
         val_acts = prefix_activations(model, val.pixels, start, **common, source_key=val.key) if start else None
         val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=64) if val_acts is not None
-                       else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=64))
+                       else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=64,
+                                       pin_memory=device.type == "cuda"))
         train_acts = None
         if start and (augment == "none" or cfg.views):
             views = cfg.views if augment != "none" else 0
             train_acts = prefix_activations(model, train.pixels, start, **common, source_key=train.key,
-                                            views=views, augment_transform=train_transform(pre, augment), seed=cfg.seed)
+                                            views=views, augment_transform=train_transform(pre, augment),
+                                            augment=augment, seed=cfg.seed)
         if train_acts is not None:
             dataset = ViewsDataset(train_acts, train.labels, generator) if train_acts.ndim > 1 and cfg.views and augment != "none" else TensorDataset(train_acts, train.labels)
             return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator), val_batches
@@ -315,6 +320,7 @@ def fit(
                 improved = val_acc > best_acc
                 if improved:
                     best_acc, best_epoch, stale = val_acc, epoch + 1, 0
+                    best_logits, best_labels = logits, labels
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     if on_checkpoint:
                         on_checkpoint(best_state, epoch + 1)
@@ -333,4 +339,5 @@ def fit(
     except KeyboardInterrupt:
         interrupted = True
         console.print("[bold]interrupted[/]: keeping the best checkpoint so far")
-    return FitResult(history, best_epoch, best_acc, best_state, interrupted, time.perf_counter() - t_start, stopped_early)
+    return FitResult(history, best_epoch, best_acc, best_state, interrupted, time.perf_counter() - t_start, stopped_early,
+                     val_logits=best_logits, val_labels=best_labels)
