@@ -41,7 +41,8 @@ chromium:
 test: install chromium
 	$(PY) -m pytest -q
 
-# headstart against the tutorial's loop on this machine (~1 h on 2 cores): bench/results/*.json, then the table.
+# headstart against the tutorial's loop on this machine (hours on 2 cores: the reference is slow by design):
+# bench/results/*.json, then the table (see docs/performance.md).
 bench: install
 	PYTHONPATH=src:bench $(PY) bench/run.py
 	PYTHONPATH=src:bench $(PY) bench/table.py > bench/results/table.md
