@@ -56,10 +56,7 @@ def decode_split(images: ImageSet, model: StagedModel, cfg: TrainConfig, name: s
     empty = [c for c, n in zip(images.classes, kept_counts.tolist()) if n == 0]
     if name == "train" and empty:
         raise HeadstartError(f"no readable training images for class {', '.join(empty)}")
-    from headstart.cache import digest
-
-    key = digest("split", [images.fingerprint(i) for i in decoded.kept], model.preprocessing.store_size)
-    return Split(decoded.pixels, labels, key)
+    return Split(decoded.pixels, labels, decoded.key)
 
 
 def print_plan(model: StagedModel, strategy: Strategy) -> None:

@@ -49,6 +49,7 @@ class DecodedImages:
     pixels: np.ndarray
     kept: list[int]
     skipped: list[tuple[str, str]]
+    key: str = ""  # names the content (the images' bytes and the store geometry): feature caches build on it
 
 
 def decode_images(
@@ -62,7 +63,7 @@ def decode_images(
     if use_cache and array_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         pixels = np.load(array_path, mmap_mode="r")
-        return DecodedImages(pixels, meta["kept"], [tuple(s) for s in meta["skipped"]])
+        return DecodedImages(pixels, meta["kept"], [tuple(s) for s in meta["skipped"]], digest(key, meta["kept"]))
 
     size = pre.store_size
     pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
@@ -96,7 +97,7 @@ def decode_images(
         tmp_meta.write_text(json.dumps({"kept": kept, "skipped": skipped, "size": size}))
         os.replace(tmp_meta, meta_path)
         pixels = np.load(array_path, mmap_mode="r")
-    return DecodedImages(pixels, kept, skipped)
+    return DecodedImages(pixels, kept, skipped, digest(key, kept))
 
 
 def clear_cache(cache_dir: str | Path | None = None) -> Path:
