@@ -132,3 +132,22 @@ def test_bad_arguments_fail_before_training(data, tmp_path):
         compare(data, ["linear", "frozen"], [0], tmp_path)
     with pytest.raises(HeadstartError, match="repeat"):
         compare(data, ["linear", "linear"], [0], tmp_path)
+
+
+def test_cli_compare_reuses_the_finished_runs(finished, data, monkeypatch):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    out, summary = finished
+    real_train, trained = compare_mod.train_run, []
+    monkeypatch.setattr(compare_mod, "train_run", lambda *a, **k: trained.append(a) or real_train(*a, **k))
+    result = CliRunner().invoke(app, [
+        "compare", str(data), "--model", "test_efficientnet", "--strategies", ",".join(STRATEGIES), "--seeds",
+        ",".join(map(str, SEEDS)), "--epochs", "2", "--image-size", "32", "--batch-size", "8",
+        "--cache-dir", str(out / "cache"), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert trained == []  # same settings as the library call: every run is reused
+    printed = json.loads(result.stdout[result.stdout.index("{"):])
+    assert printed["winner"] == summary["winner"]
+    assert printed["strategies"]["linear"]["val_accuracy_mean"] == summary["strategies"]["linear"]["val_accuracy_mean"]
