@@ -99,10 +99,10 @@ def test_interrupted_compare_finishes_only_the_missing_runs(data, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
     monkeypatch.setattr(train_mod, "train_one_epoch", real_epoch)
-    third = run_dir(out, "linear", 0)
+    third = run_dir(out, "partial", 0)  # runs go seed by seed: scratch, linear, partial with seed 0 first
     assert json.loads((third / "run.json").read_text())["interrupted"] is True  # kept, marked, to be redone
-    assert not run_dir(out, "linear", 1).exists()
-    done = {d: (d / "run.json").stat().st_mtime_ns for d in (run_dir(out, "scratch", 0), run_dir(out, "scratch", 1))}
+    assert not run_dir(out, "scratch", 1).exists()
+    done = {d: (d / "run.json").stat().st_mtime_ns for d in (run_dir(out, "scratch", 0), run_dir(out, "linear", 0))}
 
     real_train, trained = compare_mod.train_run, []
 
@@ -112,7 +112,7 @@ def test_interrupted_compare_finishes_only_the_missing_runs(data, tmp_path, monk
 
     monkeypatch.setattr(compare_mod, "train_run", record)
     summary = compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
-    assert trained == [("linear", 0), ("linear", 1), ("partial", 0), ("partial", 1)]
+    assert trained == [("partial", 0), ("scratch", 1), ("linear", 1), ("partial", 1)]
     assert {d: (d / "run.json").stat().st_mtime_ns for d in done} == done  # finished runs untouched
     assert json.loads((third / "run.json").read_text())["interrupted"] is False
     assert set(summary["strategies"]) == set(STRATEGIES)
