@@ -96,6 +96,16 @@ def findings(summary: dict) -> list[str]:
     return out
 
 
+def data_name(source: str | None) -> str:
+    """A short name for a data source: 'fashion-mnist (/usr/share/...)' -> 'fashion-mnist', a path -> its folder."""
+    from pathlib import PurePath
+
+    source = str(source or "")
+    if " (" in source:
+        return source.split(" (", 1)[0]
+    return PurePath(source).name or source
+
+
 def results_rows(summary: dict) -> list[dict]:
     """The accuracy table as records, best strategy first (shared by report.md and report.html)."""
     rows = []
@@ -115,9 +125,9 @@ def compare_markdown(summary: dict) -> str:
     from headstart.report.diagram import human
 
     setup = summary["setup"]
-    lines = [f"# Which fine-tuning strategy works on {setup['data']}?", ""]
+    lines = [f"# Which fine-tuning strategy works on {data_name(setup['data'])}?", ""]
     lines += [f"**{findings(summary)[0]}**", ""] + [f"- {f}" for f in findings(summary)[1:]] + [""]
-    lines += [f"{setup['model']} at {setup['image_size']}px · {setup['n_train']} train / {setup['n_val']} val images · "
+    lines += [f"Data: {setup['data']}. {setup['model']} at {setup['image_size']}px · {setup['n_train']} train / {setup['n_val']} val images · "
               f"classes {', '.join(setup['classes'])} · {setup['epochs']} epochs · augmentation `{setup['augment']}` "
               f"for every strategy · seeds {', '.join(map(str, setup['seeds']))}", ""]
     lines += ["| strategy | what trains | val accuracy (mean ± std) | per seed | train acc | gap (train − val) | "
