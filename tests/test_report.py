@@ -79,6 +79,9 @@ def test_findings_say_who_won_and_why_in_numbers():
     assert text[0].startswith("partial wins with 87.0% ± 1.0%") and "4.0 points ahead of linear" in text[0]
     assert "by 32.0 points" in text[1] and "35.0 points gap" in text[1] and "memorises" in text[1]
     assert "adds 4.0 points over frozen features" in text[2]
+    close = findings(summary_of({"linear": 0.917, "partial": 0.919}, {"linear": 0.04, "partial": 0.03}, "partial",
+                                std=0.004))
+    assert "barely better than frozen features" in close[1] and "0.2 points behind" in close[1]
     easy = findings(summary_of({"scratch": 0.978, "linear": 0.992}, {"scratch": -0.01, "linear": 0.0}, "linear"))
     assert "easy even from random weights" in easy[1] and "1.4 points behind" in easy[1] and "600 s" in easy[1]
     assert not any("makes the difference" in line for line in easy)  # no strong claim from a small difference

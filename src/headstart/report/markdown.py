@@ -79,8 +79,14 @@ def findings(summary: dict) -> list[str]:
     if "linear" in table and winner not in ("linear", "scratch"):
         lin = table["linear"]
         diff = w["val_accuracy_mean"] - lin["val_accuracy_mean"]
-        out.append(f"Training {WHAT_TRAINS.get(winner, winner)} adds {pts(diff)} over frozen features (linear, "
-                   f"{pct(lin['val_accuracy_mean'])}): the top layers adapt to this data.")
+        noise = max(w["val_accuracy_std"], lin["val_accuracy_std"], 0.01)
+        if diff > noise:
+            out.append(f"Training {WHAT_TRAINS.get(winner, winner)} adds {pts(diff)} over frozen features (linear, "
+                       f"{pct(lin['val_accuracy_mean'])}): the top layers adapt to this data.")
+        else:
+            out.append(f"Training {WHAT_TRAINS.get(winner, winner)} is barely better than frozen features (linear, "
+                       f"{pct(lin['val_accuracy_mean'])}, {pts(diff)} behind, within the noise): on these images "
+                       "the ImageNet features already do most of the work.")
     elif winner == "linear":
         others = [s for s in table if s not in ("linear", "scratch")]
         if others:
