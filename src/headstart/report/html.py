@@ -289,7 +289,7 @@ def run_html(run_dir: Path, diagram: DiagramRow | None = None) -> str:
     body = [
         f"<h1>{escape(name)} on {escape(data_name(config.get('data')))}</h1>",
         f'<div class="winner"><p class="big">val accuracy {pct(run["best_val_accuracy"])} (epoch {run["best_epoch"]} '
-        f'of {run["epochs"]})</p><p>{escape(WHAT_TRAINS.get(name, name)).capitalize()}. Last epoch: train '
+        f'of {run["epochs"]})</p><p>Trains {escape(WHAT_TRAINS.get(name, name))}. Last epoch: train '
         f'{pct(last["train_accuracy"])}, val {pct(last["val_accuracy"])}, a {pts(gap)} gap: {verdict}.'
         f'{" Interrupted: this is the best checkpoint so far." if run.get("interrupted") else ""}</p></div>',
         f'<p class="setup">{escape(run["model"])} at {run["image_size"]}px · {run["n_train"]} train / {run["n_val"]} '
