@@ -27,7 +27,7 @@ data:
 # images each, one seed (about 10 minutes on 2 CPU cores). Re-running it reuses the finished runs.
 demo: install data
 	$(HS) compare fashion-mnist --classes t-shirt,trouser,sneaker --per-class 500 --strategies scratch,linear,partial \
-	  --seeds 0 --epochs 5 --image-size 64 --out runs/demo
+	  --seeds 0 --epochs 4 --image-size 48 --views 4 --val-per-class 300 --out runs/demo
 	@echo "report: $(CURDIR)/runs/demo/report.html"
 
 # Headless Chromium for the report's browser test (Debian's package, installed here when we are root).

@@ -99,10 +99,10 @@ def test_interrupted_compare_finishes_only_the_missing_runs(data, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
     monkeypatch.setattr(train_mod, "train_one_epoch", real_epoch)
-    third = run_dir(out, "linear", 0)
+    third = run_dir(out, "partial", 0)  # runs go seed by seed: scratch, linear, partial with seed 0 first
     assert json.loads((third / "run.json").read_text())["interrupted"] is True  # kept, marked, to be redone
-    assert not run_dir(out, "linear", 1).exists()
-    done = {d: (d / "run.json").stat().st_mtime_ns for d in (run_dir(out, "scratch", 0), run_dir(out, "scratch", 1))}
+    assert not run_dir(out, "scratch", 1).exists()
+    done = {d: (d / "run.json").stat().st_mtime_ns for d in (run_dir(out, "scratch", 0), run_dir(out, "linear", 0))}
 
     real_train, trained = compare_mod.train_run, []
 
@@ -112,7 +112,7 @@ def test_interrupted_compare_finishes_only_the_missing_runs(data, tmp_path, monk
 
     monkeypatch.setattr(compare_mod, "train_run", record)
     summary = compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
-    assert trained == [("linear", 0), ("linear", 1), ("partial", 0), ("partial", 1)]
+    assert trained == [("partial", 0), ("scratch", 1), ("linear", 1), ("partial", 1)]
     assert {d: (d / "run.json").stat().st_mtime_ns for d in done} == done  # finished runs untouched
     assert json.loads((third / "run.json").read_text())["interrupted"] is False
     assert set(summary["strategies"]) == set(STRATEGIES)
@@ -132,3 +132,22 @@ def test_bad_arguments_fail_before_training(data, tmp_path):
         compare(data, ["linear", "frozen"], [0], tmp_path)
     with pytest.raises(HeadstartError, match="repeat"):
         compare(data, ["linear", "linear"], [0], tmp_path)
+
+
+def test_cli_compare_reuses_the_finished_runs(finished, data, monkeypatch):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    out, summary = finished
+    real_train, trained = compare_mod.train_run, []
+    monkeypatch.setattr(compare_mod, "train_run", lambda *a, **k: trained.append(a) or real_train(*a, **k))
+    result = CliRunner().invoke(app, [
+        "compare", str(data), "--model", "test_efficientnet", "--strategies", ",".join(STRATEGIES), "--seeds",
+        ",".join(map(str, SEEDS)), "--epochs", "2", "--image-size", "32", "--batch-size", "8",
+        "--cache-dir", str(out / "cache"), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert trained == []  # same settings as the library call: every run is reused
+    printed = json.loads(result.stdout[result.stdout.index("{"):])
+    assert printed["winner"] == summary["winner"]
+    assert printed["strategies"]["linear"]["val_accuracy_mean"] == summary["strategies"]["linear"]["val_accuracy_mean"]

@@ -63,7 +63,8 @@ def test_inspect_draws_the_diagram(tmp_path):
 
 def summary_of(val: dict[str, float], gap: dict[str, float], winner: str, std: float = 0.01) -> dict:
     table = {n: {"val_accuracy_mean": v, "val_accuracy_std": std, "final_train_accuracy_mean": v + gap[n],
-                 "gap_mean": gap[n], "n_seeds": 3, "pretrained": n != "scratch", "description": n}
+                 "gap_mean": gap[n], "n_seeds": 3, "pretrained": n != "scratch", "description": n,
+                 "wall_seconds_mean": 600.0 if n == "scratch" else 50.0}
              for n, v in val.items()}
     ranked = sorted(val, key=val.get, reverse=True)
     return {"winner": winner, "strategies": table, "ranking": ranked, "runner_up": ranked[1],
@@ -78,6 +79,12 @@ def test_findings_say_who_won_and_why_in_numbers():
     assert text[0].startswith("partial wins with 87.0% ± 1.0%") and "4.0 points ahead of linear" in text[0]
     assert "by 32.0 points" in text[1] and "35.0 points gap" in text[1] and "memorises" in text[1]
     assert "adds 4.0 points over frozen features" in text[2]
+    close = findings(summary_of({"linear": 0.917, "partial": 0.919}, {"linear": 0.04, "partial": 0.03}, "partial",
+                                std=0.004))
+    assert "barely better than frozen features" in close[1] and "0.2 points behind" in close[1]
+    easy = findings(summary_of({"scratch": 0.978, "linear": 0.992}, {"scratch": -0.01, "linear": 0.0}, "linear"))
+    assert "easy even from random weights" in easy[1] and "1.4 points behind" in easy[1] and "600 s" in easy[1]
+    assert not any("makes the difference" in line for line in easy)  # no strong claim from a small difference
     tied = summary_of({"linear": 0.830, "partial": 0.835}, {"linear": 0.0, "partial": 0.0}, "partial", std=0.02)
     assert "treat the two as tied" in findings(tied)[0]
 

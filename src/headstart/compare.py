@@ -1,12 +1,13 @@
 """The controlled experiment: several strategies × seeds on the same data, then summary.json and the reports.
 
     load_data once (one split, one subsample: every run sees the same images)
-      -> for strategy, seed: api.train(...) into out/runs/<strategy>-seed<seed>  (finished runs are skipped)
+      -> for seed, strategy: api.train(...) into out/runs/<strategy>-seed<seed>  (finished runs are skipped)
       -> summarize(out): per-strategy mean/std over seeds, read back from the run directories
       -> report.html + report.md
 
 Everything but the starting point and what is frozen is held fixed: architecture, data, split, image size,
-the epoch budget (early stopping is off unless asked for) and the augmentation. The strategies' own
+the epoch budget (`headstart compare` turns early stopping off; from Python pass `TrainConfig(patience=None)`)
+and the augmentation. The strategies' own
 default augmentations differ (`linear` trains on un-augmented, cacheable features), so compare passes ONE
 `augment` to every run; `linear` gets it through `views` augmented copies of each image whose frozen
 features are computed once, so it stays a cached linear probe while seeing the same kind of augmented data.
@@ -110,7 +111,7 @@ def compare(
     if val_per_class:
         splits = replace(splits, val=first_per_class(splits.val, val_per_class))
 
-    cells = [(s, seed) for s in strategies for seed in seeds]
+    cells = [(s, seed) for seed in seeds for s in strategies]  # seed-major: each finished seed is a full comparison
     todo = [(s, seed) for s, seed in cells
             if not is_finished(run_dir(out, s, seed), run_config(base, s, seed, epochs, augment))]
     info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds = {len(cells)} runs, "

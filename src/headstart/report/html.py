@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.report.diagram import DiagramRow, human, rows_from_configs, strategy_diagram
-from headstart.report.markdown import WHAT_TRAINS, findings, pct, pts, results_rows
+from headstart.report.markdown import WHAT_TRAINS, data_name, findings, pct, pts, results_rows
 from headstart.report.plots import plot_confusion, plot_curves, plt
 from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, read_history, read_run
 
@@ -239,7 +239,7 @@ def compare_html(out: Path, summary: dict) -> str:
                           f"{' (summed over seeds)' if len(seeds) > 1 else ''}</figcaption></figure>")
     winner_dir = best_run(out, summary)
     body = [
-        f"<h1>Which fine-tuning strategy works on {escape(Path(str(setup['data'])).name or str(setup['data']))}?</h1>",
+        f"<h1>Which fine-tuning strategy works on {escape(data_name(setup['data']))}?</h1>",
         f'<div class="winner"><p class="big"><span class="badge">winner</span> {escape(facts[0])}</p>',
         *[f"<p>{escape(f)}</p>" for f in facts[1:]], "</div>",
         f'<p class="setup">Same for every strategy: {escape(setup["model"])} at {setup["image_size"]}px · '
@@ -287,9 +287,9 @@ def run_html(run_dir: Path, diagram: DiagramRow | None = None) -> str:
     verdict = ("it overfits: consider stronger augmentation, fewer trainable layers or more images" if gap > 0.1
                else "train and val agree: little overfitting")
     body = [
-        f"<h1>{escape(name)} on {escape(Path(str(config.get('data') or '')).name or str(config.get('data')))}</h1>",
+        f"<h1>{escape(name)} on {escape(data_name(config.get('data')))}</h1>",
         f'<div class="winner"><p class="big">val accuracy {pct(run["best_val_accuracy"])} (epoch {run["best_epoch"]} '
-        f'of {run["epochs"]})</p><p>{escape(WHAT_TRAINS.get(name, name)).capitalize()}. Last epoch: train '
+        f'of {run["epochs"]})</p><p>Trains {escape(WHAT_TRAINS.get(name, name))}. Last epoch: train '
         f'{pct(last["train_accuracy"])}, val {pct(last["val_accuracy"])}, a {pts(gap)} gap: {verdict}.'
         f'{" Interrupted: this is the best checkpoint so far." if run.get("interrupted") else ""}</p></div>',
         f'<p class="setup">{escape(run["model"])} at {run["image_size"]}px · {run["n_train"]} train / {run["n_val"]} '
