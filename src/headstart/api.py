@@ -156,7 +156,7 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
         "final_train_accuracy": last["train_accuracy"], "final_val_accuracy": last["val_accuracy"],
         "epochs": len(result.history), "epochs_planned": config["train"]["epochs"] or strategy.epochs,
         "train_seconds": result.train_seconds, "trainable_params": count_params(model, trainable_only=True),
-        "trainable_params_max": _max_trainable(model, strategy), "total_params": count_params(model),
+        "trainable_params_max": _max_trainable(model, result.history), "total_params": count_params(model),
         "n_train": config["n_train"], "n_val": int(len(labels)), "interrupted": result.interrupted,
         "stopped_early": result.stopped_early, "seed": config["train"]["seed"],
         "image_size": model.preprocessing.image_size, "weights": model.weights,
@@ -173,12 +173,10 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
     return run
 
 
-def _max_trainable(model: StagedModel, strategy: Strategy) -> int:
-    """Parameters that train in the run's widest phase (gradual ends with more than it starts with)."""
-    from headstart.strategies import trainable_groups
-
-    widest = max((trainable_groups(strategy, model.stage_names, p.start_epoch)
-                  for p in strategy.phases_for(len(model.stage_names))), key=len)
+def _max_trainable(model: StagedModel, history: list[dict]) -> int:
+    """Parameters that trained in the widest phase the run actually reached (gradual ends with more than it
+    starts with; phases past the epoch budget or an early stop do not count)."""
+    widest = max((row["trainable"].split("+") for row in history), key=len)
     return sum(count_params(model.group(g)) for g in widest)
 
 
