@@ -16,7 +16,7 @@ epochs on the same split and seed, and says whether the pick held.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from headstart.analysis.check import CheckReport, check_splits
@@ -130,8 +130,6 @@ def hyperparameters(strategy: str, train_last: int | None, m: dict, model: str) 
     epochs = spec.epochs if n >= 100 or strategy == "linear" else 15
     hp = {"strategy": strategy, "model": model, "train_last": train_last, "lr": spec.lr, "head_lr": spec.head_lr,
           "lr_decay": lr_decay, "epochs": epochs, "image_size": m["image_size"], "augment": augment}
-    from dataclasses import replace
-
     rates = group_learning_rates(replace(spec, lr_decay=lr_decay), m["stages"])
     trains = {"linear": 0, "partial": train_last, "scratch": None}.get(strategy)
     hp["group_lrs"] = {g: round(lr, 8) for g, lr in rates.items()
