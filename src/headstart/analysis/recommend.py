@@ -138,7 +138,7 @@ def hyperparameters(strategy: str, train_last: int | None, m: dict, model: str) 
     return hp
 
 
-def command(data: str, hp: dict, per_class: int | None) -> str:
+def command(data: str, hp: dict, per_class: int | None, classes: list[str] | None = None) -> str:
     parts = ["headstart train", str(data), "--strategy", hp["strategy"], "--model", hp["model"]]
     if hp["train_last"]:
         parts += ["--train-last", str(hp["train_last"])]
@@ -146,6 +146,8 @@ def command(data: str, hp: dict, per_class: int | None) -> str:
               "--augment", hp["augment"]]
     if per_class:
         parts += ["--per-class", str(per_class)]
+    if classes:
+        parts += ["--classes", ",".join(classes)]
     return " ".join(parts)
 
 
@@ -162,7 +164,7 @@ def recommend(data, *, model: str = "efficientnet_lite0", per_class: int | None 
     if errors:
         reasons.append(f"first fix the data: {errors[0].message} ({errors[0].fix})")
     hp = hyperparameters(strategy, train_last, m, model)
-    rec = Recommendation(strategy, reasons, hp, RUNNER_UP[strategy], m, command(data, hp, per_class),
+    rec = Recommendation(strategy, reasons, hp, RUNNER_UP[strategy], m, command(data, hp, per_class, classes),
                          probe=report.to_dict())
     if verify:
         rec.verify = verify_pick(splits, rec, seed=seed, epochs=verify_epochs, out=out, cache_dir=cache_dir)
