@@ -52,6 +52,15 @@ def test_hyperparameters_follow_the_pick():
     assert far["group_lrs"]["stem"] / far["group_lrs"]["stage7"] > near["group_lrs"]["stem"] / near["group_lrs"]["stage7"]
 
 
+def test_the_command_reproduces_the_data_selection():
+    from headstart.analysis.recommend import command
+
+    hp = hyperparameters("partial", 2, measured(), "efficientnet_lite0")
+    cmd = command("fashion-mnist", hp, 100, ["coat", "shirt"])
+    assert "--strategy partial --model efficientnet_lite0 --train-last 2" in cmd
+    assert cmd.endswith("--per-class 100 --classes coat,shirt")
+
+
 def coloured(root, n_train=10, n_val=4):
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("val", n_val)):

@@ -20,7 +20,7 @@ import os
 import statistics
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +98,6 @@ def scan_data(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0, cla
     if classes:
         splits = keep_classes(splits, list(classes))
     if per_class:
-        from dataclasses import replace
-
         splits = replace(splits, train=subsample_per_class(splits.train, per_class, seed))
     return splits
 

@@ -16,7 +16,7 @@ epochs on the same split and seed, and says whether the pick held.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from headstart.analysis.check import CheckReport, check_splits
@@ -130,8 +130,6 @@ def hyperparameters(strategy: str, train_last: int | None, m: dict, model: str) 
     epochs = spec.epochs if n >= 100 or strategy == "linear" else 15
     hp = {"strategy": strategy, "model": model, "train_last": train_last, "lr": spec.lr, "head_lr": spec.head_lr,
           "lr_decay": lr_decay, "epochs": epochs, "image_size": m["image_size"], "augment": augment}
-    from dataclasses import replace
-
     rates = group_learning_rates(replace(spec, lr_decay=lr_decay), m["stages"])
     trains = {"linear": 0, "partial": train_last, "scratch": None}.get(strategy)
     hp["group_lrs"] = {g: round(lr, 8) for g, lr in rates.items()
@@ -140,7 +138,7 @@ def hyperparameters(strategy: str, train_last: int | None, m: dict, model: str) 
     return hp
 
 
-def command(data: str, hp: dict, per_class: int | None) -> str:
+def command(data: str, hp: dict, per_class: int | None, classes: list[str] | None = None) -> str:
     parts = ["headstart train", str(data), "--strategy", hp["strategy"], "--model", hp["model"]]
     if hp["train_last"]:
         parts += ["--train-last", str(hp["train_last"])]
@@ -148,6 +146,8 @@ def command(data: str, hp: dict, per_class: int | None) -> str:
               "--augment", hp["augment"]]
     if per_class:
         parts += ["--per-class", str(per_class)]
+    if classes:
+        parts += ["--classes", ",".join(classes)]
     return " ".join(parts)
 
 
@@ -164,7 +164,7 @@ def recommend(data, *, model: str = "efficientnet_lite0", per_class: int | None 
     if errors:
         reasons.append(f"first fix the data: {errors[0].message} ({errors[0].fix})")
     hp = hyperparameters(strategy, train_last, m, model)
-    rec = Recommendation(strategy, reasons, hp, RUNNER_UP[strategy], m, command(data, hp, per_class),
+    rec = Recommendation(strategy, reasons, hp, RUNNER_UP[strategy], m, command(data, hp, per_class, classes),
                          probe=report.to_dict())
     if verify:
         rec.verify = verify_pick(splits, rec, seed=seed, epochs=verify_epochs, out=out, cache_dir=cache_dir)
