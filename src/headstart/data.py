@@ -49,6 +49,18 @@ class ImageSet:
     def subset(self, indices: Sequence[int]) -> ImageSet:
         return replace(self, refs=[self.refs[i] for i in indices], labels=[self.labels[i] for i in indices])
 
+    def median_short_side(self, samples: int = 20) -> float | None:
+        """Median shorter side of up to `samples` images spread over the set (to suggest a working size)."""
+        import statistics
+
+        sides = []
+        for ref in self.refs[:: max(1, len(self) // samples)][:samples]:
+            try:
+                sides.append(min(self.read(ref).size))
+            except Exception:  # unreadable files are reported where they are decoded, not here
+                continue
+        return statistics.median(sides) if sides else None
+
     def fingerprint(self, i: int) -> str:
         """A content hash of image i, so caches follow the pixels, not the file name or its date."""
         ref = self.refs[i]

@@ -19,7 +19,6 @@ One forward pass per image (all stage groups at once, `forward_stages`) gives tw
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -218,13 +217,8 @@ def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tens
 # ------------------------------------------------------------------------------------------------- probe
 def working_size(pre: Preprocessing, images: ImageSet) -> int:
     """The model's input size, or the smaller one `train` suggests when the source images are tiny."""
-    sides = []
-    for ref in images.refs[:: max(1, len(images) // 20)][:20]:
-        try:
-            sides.append(min(images.read(ref).size))
-        except Exception:
-            continue
-    size = suggest_image_size(pre, statistics.median(sides)) if sides else None
+    side = images.median_short_side()
+    size = suggest_image_size(pre, side) if side else None
     return size or pre.image_size
 
 
