@@ -272,14 +272,15 @@ def fit(
         val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=64) if val_acts is not None
                        else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=64,
                                        pin_memory=device.type == "cuda"))
+        views = cfg.views if augment != "none" else 0  # augmented views make the frozen prefix cacheable too
         train_acts = None
-        if start and (augment == "none" or cfg.views):
-            views = cfg.views if augment != "none" else 0
+        if start and (augment == "none" or views):
             train_acts = prefix_activations(model, train.pixels, start, **common, source_key=train.key,
                                             views=views, augment_transform=train_transform(pre, augment),
                                             augment=augment, seed=cfg.seed)
         if train_acts is not None:
-            dataset = ViewsDataset(train_acts, train.labels, generator) if train_acts.ndim > 1 and cfg.views and augment != "none" else TensorDataset(train_acts, train.labels)
+            dataset = (ViewsDataset(train_acts, train.labels, generator) if views
+                       else TensorDataset(train_acts, train.labels))
             return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator), val_batches
         dataset = PixelDataset(train.pixels, train.labels, train_transform(pre, augment))
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
