@@ -135,3 +135,19 @@ def test_scratch_starts_from_random_weights_of_the_same_architecture(tmp_path):
 def test_every_strategy_is_plain_data():
     for name, strategy in STRATEGIES.items():
         assert type(strategy).from_dict(strategy.to_dict()) == strategy, name
+
+
+def test_freeze_bn_keeps_every_running_stat_while_trained_weights_move(image_folder):
+    """--freeze-bn: trained groups learn their weights (BN affine too) but keep the pretrained statistics."""
+    model = tiny_model()
+    train, val = splits_for(image_folder, model)
+    top = model.stage_names[-1]
+    stats_before = {g: bn_stats(model, g) for g in model.stage_names}
+    weight_before = snapshot(model)
+    fit(model, get_strategy("partial", train_last=1, train_bn_stats=False), train, val, one_step_config(augment="light"))
+    for g in model.stage_names:
+        for (m0, v0), (m1, v1) in zip(stats_before[g], bn_stats(model, g)):
+            assert torch.equal(m0, m1) and torch.equal(v0, v1), g
+    moved = [k for k, v in model.state_dict().items() if k.startswith(f"stages.{top}.") and "running" not in k
+             and "num_batches" not in k and not torch.equal(v, weight_before[k])]
+    assert moved

@@ -78,6 +78,7 @@ def train(
     no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the on-disk caches."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print run.json to stdout."),
+    freeze_bn: bool = typer.Option(False, "--freeze-bn", help="Keep every BatchNorm's pretrained statistics, trained groups too."),
     l2sp: float = typer.Option(0.0, help="L2-SP: penalise ALPHA/2 ||w - w0||^2, the distance from the pretrained weights."),
     monitor_folder: str = typer.Option(None, help="ImageNet synset folders for the old-task top-1 of the forgetting "
                                                   "monitor (default: ../shared/data/imagenet-samples/val if present; 'none': off)."),
@@ -91,7 +92,8 @@ def train(
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, views=views,
                       patience=patience or None, seed=seed, image_size=image_size,
                       weights=str(weights) if weights else None, cache_dir=str(cache_dir) if cache_dir else None,
-                      use_cache=not no_cache, device=device, l2sp=l2sp, monitor_folder=monitor_folder)
+                      use_cache=not no_cache, device=device, l2sp=l2sp, monitor_folder=monitor_folder,
+                      freeze_bn=freeze_bn)
     run = train_run(data, cfg, out, val_fraction=val_fraction, classes=split_list(classes), per_class=per_class,
                     command=shlex.join(["headstart", *sys.argv[1:]]))
     if as_json:
@@ -110,6 +112,7 @@ def compare(
     augment: str = typer.Option(None, help="none | light | strong, the same for every strategy (default light)."),
     views: int = typer.Option(0, help="linear with augmentation: augmented views per image (default 8)."),
     patience: int = typer.Option(0, help="Early stopping (0: off, so every strategy gets the same budget)."),
+    freeze_bn: bool = typer.Option(False, "--freeze-bn", help="Keep every BatchNorm's pretrained statistics."),
     batch_size: int = typer.Option(32),
     image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
     per_class: int = typer.Option(None, help="Subsample training data to N images per class (one draw for all runs)."),
@@ -131,7 +134,7 @@ def compare(
         seed_list = [int(s) for s in split_list(seeds) or []]
     except ValueError:
         raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
-    cfg = TrainConfig(model=model, epochs=epochs, augment=augment, views=views, patience=patience or None,
+    cfg = TrainConfig(model=model, epochs=epochs, augment=augment, views=views, patience=patience or None, freeze_bn=freeze_bn,
                       batch_size=batch_size, image_size=image_size, cache_dir=str(cache_dir) if cache_dir else None,
                       device=device)
     summary = compare_api(data, split_list(strategies) or [], seed_list, out, cfg, per_class=per_class,

@@ -35,7 +35,7 @@ DEFAULT_AUGMENT = "light"
 DEFAULT_VIEWS = 8  # augmented views per image for `linear` when the comparison augments
 # Settings that change what a run computes: a finished run is reused only when all of them match.
 _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "lr_decay", "train_last", "optimizer",
-                 "weight_decay", "label_smoothing", "warmup_epochs", "augment", "views", "patience", "seed",
+                 "weight_decay", "label_smoothing", "warmup_epochs", "augment", "views", "freeze_bn", "patience", "seed",
                  "image_size", "weights")
 
 

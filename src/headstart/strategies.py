@@ -42,6 +42,7 @@ class Strategy:
     lr: float = 1e-4  # the top backbone stage group; each group nearer the stem gets `lr_decay` times less
     lr_decay: float = 0.5
     frozen_bn_eval: bool = True  # frozen groups keep BatchNorm in eval mode: running stats stay pretrained
+    train_bn_stats: bool = True  # False: trained groups too keep pretrained BN statistics (affine params still learn)
     augment: str = "light"
     epochs: int = 10
 
@@ -123,6 +124,12 @@ def set_train_mode(model: StagedModel, trainable: list[str], strategy: Strategy)
         for name in model.group_names:
             if name not in trainable:
                 model.group(name).eval()
+    if not strategy.train_bn_stats:
+        # With a few hundred images, batch statistics are noisy and unlike ImageNet's; switching a pretrained
+        # group's BN to them when it unfreezes can cost more than the fine-tuning gains (seen with LP-FT).
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def parameter_groups(model: StagedModel, strategy: Strategy, weight_decay: float) -> list[dict]:
@@ -155,7 +162,7 @@ def describe_strategy(strategy: Strategy, model: StagedModel, epoch: int = 0) ->
             "params": count_params(module),
             "trainable": name in trainable,
             "lr": rates[name] if name in trainable else 0.0,
-            "batchnorm": ("train" if name in trainable else "eval (frozen stats)") if has_bn else "-",
+            "batchnorm": ("train" if name in trainable and strategy.train_bn_stats else "eval (frozen stats)") if has_bn else "-",
             "unfreezes_at_epoch": _unfreeze_epoch(strategy, model.stage_names, name),
         })
     return rows

@@ -54,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
     augment: str | None = None
+    freeze_bn: bool = False  # keep every BatchNorm's pretrained statistics, trained groups included
     views: int = 0  # linear + augmentation: augmented views per image whose features are cached
     patience: int | None = 5
     seed: int = 0
