@@ -89,8 +89,12 @@ def load_data(
     seed: int = 0,
     classes: Sequence[str] | None = None,
     per_class: int | None = None,
+    strict: bool = True,
 ) -> DataSplits:
     """Resolve `data` (a folder, a CSV file or a built-in name) into checked train/val splits.
+
+    `strict=False` (what `headstart check` uses) keeps broken data — empty classes, classes only in val, no
+    val/ folder — so that every problem can be reported instead of stopping at the first.
 
     A folder with `train/` and `val/` keeps its split; a folder of class folders or a CSV is split
     stratified by `val_fraction` and `seed`. `classes` keeps a subset of classes; `per_class` subsamples the
@@ -107,7 +111,7 @@ def load_data(
                 raise HeadstartError(f"{path} is a file but not a .csv (expected columns path,label)")
             splits = split_stratified(load_csv(path), val_fraction, seed, source=str(path))
         elif (path / "train").is_dir():
-            splits = load_train_val_folders(path)
+            splits = load_train_val_folders(path) if strict else load_train_val_folders_as_found(path)
         else:
             train, skipped = load_class_folders(path)
             splits = split_stratified(train, val_fraction, seed, source=str(path), skipped=skipped)
@@ -115,7 +119,8 @@ def load_data(
         splits = keep_classes(splits, list(classes))
     if per_class:
         splits = replace(splits, train=subsample_per_class(splits.train, per_class, seed))
-    check_splits(splits)
+    if strict:
+        check_splits(splits)
     return splits
 
 
@@ -154,6 +159,16 @@ def load_train_val_folders(root: Path) -> DataSplits:
             f"val has classes that train lacks: {', '.join(unknown)} (add training images or remove them from val)"
         )
     val, val_skipped = load_class_folders(val_root, classes=train.classes)
+    return DataSplits(train, val, source=str(root), skipped=skipped + val_skipped)
+
+
+def load_train_val_folders_as_found(root: Path) -> DataSplits:
+    """train/ and val/ with the union of their class folders, and an empty val when there is none."""
+    val_root = root / "val" if (root / "val").is_dir() else root / "valid"
+    names = sorted({p.name for folder in (root / "train", val_root) if folder.is_dir()
+                    for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")})
+    train, skipped = load_class_folders(root / "train", classes=names)
+    val, val_skipped = load_class_folders(val_root, classes=names) if val_root.is_dir() else (ImageSet(names, [], []), [])
     return DataSplits(train, val, source=str(root), skipped=skipped + val_skipped)
 
 

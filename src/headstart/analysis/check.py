@@ -20,17 +20,13 @@ import os
 import statistics
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from headstart.data import (
-    BUILTIN_DATASETS, DataSplits, ImageSet, keep_classes, load_class_folders, load_csv, load_fashion_mnist,
-    split_stratified, subsample_per_class,
-)
-from headstart.errors import HeadstartError
+from headstart.data import DataSplits, ImageSet, load_data
 from headstart.images import UnreadableImage, read_rgb
 
 TINY_CLASS = 10  # fewer training images than this: a class the model can barely learn, and val is noise
@@ -74,32 +70,7 @@ def scan_data(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0, cla
               per_class: int | None = None) -> DataSplits:
     """`data.load_data` without its refusal of broken data: empty classes and val-only classes are kept, so
     they can be reported instead of stopping the check at the first one."""
-    if str(data) in BUILTIN_DATASETS:
-        splits = load_fashion_mnist()
-    else:
-        path = Path(data).expanduser()
-        if not path.exists():
-            raise HeadstartError(f"data not found: {path}")
-        if path.is_file():
-            splits = split_stratified(load_csv(path), val_fraction, seed, source=str(path))
-        elif (path / "train").is_dir():
-            val_root = path / "val" if (path / "val").is_dir() else path / "valid"
-            names = sorted({p.name for root in (path / "train", val_root) if root.is_dir()
-                            for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")})
-            train, skipped = load_class_folders(path / "train", classes=names)
-            if val_root.is_dir():
-                val, val_skipped = load_class_folders(val_root, classes=names)
-            else:
-                val, val_skipped = ImageSet(names, [], []), []
-            splits = DataSplits(train, val, source=str(path), skipped=skipped + val_skipped)
-        else:
-            images, skipped = load_class_folders(path)
-            splits = split_stratified(images, val_fraction, seed, source=str(path), skipped=skipped)
-    if classes:
-        splits = keep_classes(splits, list(classes))
-    if per_class:
-        splits = replace(splits, train=subsample_per_class(splits.train, per_class, seed))
-    return splits
+    return load_data(data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class, strict=False)
 
 
 # ------------------------------------------------------------------------------------------------ checks
