@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from headstart.api import train
 from headstart.runs import load_run

@@ -26,7 +26,7 @@ from headstart.report.diagram import DiagramRow
 from headstart.report.html import write_grid, write_run_report
 from headstart.report.plots import plot_confusion, plot_curves
 from headstart.runs import (
-    CONFIG_FILE, HISTORY_FILE, RUN_FILE, is_run_dir, load_run, save_checkpoint, write_history, write_json,
+    HISTORY_FILE, RUN_FILE, is_run_dir, load_run, save_checkpoint, write_history, write_json,
 )
 from headstart.strategies import Strategy, describe_strategy, get_strategy
 from headstart.train import FitResult, Split, TrainConfig, fit, pick_device, predict_batches

@@ -16,14 +16,13 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from headstart.backbones import HEAD, StagedModel, count_params
+from headstart.backbones import StagedModel, count_params
 from headstart.console import console, info
 from headstart.features import prefix_activations
 from headstart.progress import progress_bar
