@@ -80,12 +80,15 @@ def environment() -> dict:
 
 def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: str | Path | None = None, *,
           val_fraction: float = 0.2, classes: list[str] | None = None, per_class: int | None = None,
-          command: str | None = None) -> dict:
-    """Fine-tune `cfg.model` on `data` with `cfg.strategy`; write the run directory `out`; return run.json."""
+          data_seed: int = 0, command: str | None = None) -> dict:
+    """Fine-tune `cfg.model` on `data` with `cfg.strategy`; write the run directory `out`; return run.json.
+
+    The split and the subsample follow `data_seed`, not `cfg.seed`: runs that differ only in their seed see
+    the same images, so their spread measures the training's randomness, not the data's."""
     cfg = cfg or TrainConfig()
     strategy = resolve_strategy(cfg)
     splits = data if isinstance(data, DataSplits) else load_data(
-        data, val_fraction=val_fraction, seed=cfg.seed, classes=classes, per_class=per_class)
+        data, val_fraction=val_fraction, seed=data_seed, classes=classes, per_class=per_class)
     warn_skipped(splits.skipped, "non-image files")
     from headstart.analysis.check import preflight
 
@@ -104,7 +107,7 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
 
     config = {"model": cfg.model, "classes": splits.classes, "preprocessing": model.preprocessing.to_dict(),
               "strategy": strategy.to_dict(), "train": cfg.to_dict(), "weights": model.weights,
-              "data": splits.source, "per_class": per_class, "n_train": len(train_split), "command": command, "environment": environment()}
+              "data": splits.source, "per_class": per_class, "data_seed": data_seed, "n_train": len(train_split), "command": command, "environment": environment()}
     result = fit(model, strategy, train_split, val_split, cfg,
                  on_checkpoint=lambda state, epoch: save_checkpoint(out, state, {**config, "epoch": epoch}),
                  on_epoch=lambda history: write_history(out / HISTORY_FILE, history), monitor=monitor)

@@ -74,6 +74,8 @@ def train(
     val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
     classes: str = typer.Option(None, help="Comma-separated subset of classes."),
     per_class: int = typer.Option(None, help="Subsample training data to N images per class."),
+    data_seed: int = typer.Option(0, help="Seed of the split and the subsample: fixed, so runs with other --seed "
+                                          "values see the same images."),
     cache_dir: Path = typer.Option(None, help="Cache folder (default $HEADSTART_CACHE or ~/.cache/headstart)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the on-disk caches."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -95,7 +97,7 @@ def train(
                       use_cache=not no_cache, device=device, l2sp=l2sp, monitor_folder=monitor_folder,
                       freeze_bn=freeze_bn)
     run = train_run(data, cfg, out, val_fraction=val_fraction, classes=split_list(classes), per_class=per_class,
-                    command=shlex.join(["headstart", *sys.argv[1:]]))
+                    data_seed=data_seed, command=shlex.join(["headstart", *sys.argv[1:]]))
     if as_json:
         print_json(run)
 

@@ -121,8 +121,9 @@ def plot_compare_curves(curves: dict[str, dict[str, np.ndarray]], chance: float 
         color = COLORS.get(name, "#333")
         ax.plot(c["epoch"], c["train_accuracy"], "--", color=color, lw=1.6, label="train")
         ax.plot(c["epoch"], c["val_accuracy"], "-", color=color, lw=2.2, label="val")
-        ax.fill_between(c["epoch"], c["val_accuracy"], c["train_accuracy"], color="#e15759", alpha=0.15,
-                        label="gap (overfitting)")
+        train_acc, val_acc = np.asarray(c["train_accuracy"]), np.asarray(c["val_accuracy"])
+        ax.fill_between(c["epoch"], val_acc, train_acc, where=train_acc > val_acc, interpolate=True,
+                        color="#e15759", alpha=0.15, label="gap (overfitting)")  # val above train is not overfitting
         gap = c["train_accuracy"][-1] - c["val_accuracy"][-1]
         ax.set_title(f"{name}: train vs val (gap {100 * gap:+.1f} pts)", fontsize=11)
         ax.legend(fontsize=8, loc="lower right")
