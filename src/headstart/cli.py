@@ -66,7 +66,9 @@ def train(
     label_smoothing: float = typer.Option(0.1),
     warmup_epochs: float = typer.Option(1.0),
     augment: str = typer.Option(None, help="none | light | strong (default: the strategy's)."),
-    views: int = typer.Option(0, help="linear with --augment: cache features of this many augmented views per image."),
+    views: int = typer.Option(0, help="With augmentation and a frozen prefix (linear, partial): cache the prefix's "
+                                      "output for this many augmented views per image instead of recomputing it "
+                                      "every epoch."),
     patience: int = typer.Option(5, help="Early stopping: epochs without val improvement (0: off)."),
     seed: int = typer.Option(0),
     image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
