@@ -55,11 +55,11 @@ def test_partial_changes_exactly_the_last_k_groups_and_the_head(image_folder, k)
     assert changed_groups(model, before) == {*model.stage_names[-k:], HEAD}
 
 
-def test_frozen_batchnorm_keeps_running_stats_while_trained_groups_update(image_folder):
+def test_with_train_bn_frozen_groups_keep_running_stats_while_trained_groups_update(image_folder):
     model = tiny_model()
     train, val = splits_for(image_folder, model)
     stem_before, top_before = bn_stats(model, "stem"), bn_stats(model, model.stage_names[-1])
-    fit(model, get_strategy("partial", train_last=1), train, val, one_step_config(augment="light"))
+    fit(model, get_strategy("partial", train_last=1, train_bn_stats=True), train, val, one_step_config(augment="light"))
     for (m0, v0), (m1, v1) in zip(stem_before, bn_stats(model, "stem")):
         assert torch.equal(m0, m1) and torch.equal(v0, v1)
     assert any(not torch.equal(m0, m1) for (m0, _), (m1, _) in zip(top_before, bn_stats(model, model.stage_names[-1])))
@@ -137,17 +137,33 @@ def test_every_strategy_is_plain_data():
         assert type(strategy).from_dict(strategy.to_dict()) == strategy, name
 
 
+@pytest.mark.parametrize("name", ["partial", "full", "gradual", "lp-ft"])
+def test_pretrained_strategies_keep_every_running_stat_by_default(name):
+    assert not get_strategy(name).train_bn_stats and get_strategy("scratch").train_bn_stats
+
+
 def test_freeze_bn_keeps_every_running_stat_while_trained_weights_move(image_folder):
-    """--freeze-bn: trained groups learn their weights (BN affine too) but keep the pretrained statistics."""
+    """The default (--freeze-bn): trained groups learn their weights (BN affine too) but keep the pretrained
+    statistics."""
     model = tiny_model()
     train, val = splits_for(image_folder, model)
     top = model.stage_names[-1]
     stats_before = {g: bn_stats(model, g) for g in model.stage_names}
     weight_before = snapshot(model)
-    fit(model, get_strategy("partial", train_last=1, train_bn_stats=False), train, val, one_step_config(augment="light"))
+    fit(model, get_strategy("partial", train_last=1), train, val, one_step_config(augment="light"))
     for g in model.stage_names:
         for (m0, v0), (m1, v1) in zip(stats_before[g], bn_stats(model, g)):
             assert torch.equal(m0, m1) and torch.equal(v0, v1), g
     moved = [k for k, v in model.state_dict().items() if k.startswith(f"stages.{top}.") and "running" not in k
              and "num_batches" not in k and not torch.equal(v, weight_before[k])]
     assert moved
+
+
+def test_train_bn_and_freeze_bn_override_the_strategy_default():
+    from headstart.api import resolve_strategy
+    from headstart.train import TrainConfig
+
+    assert resolve_strategy(TrainConfig(strategy="partial", freeze_bn=False)).train_bn_stats  # --train-bn
+    assert not resolve_strategy(TrainConfig(strategy="partial")).train_bn_stats
+    assert not resolve_strategy(TrainConfig(strategy="scratch", freeze_bn=True)).train_bn_stats  # --freeze-bn
+    assert resolve_strategy(TrainConfig(strategy="scratch")).train_bn_stats

@@ -36,7 +36,7 @@ from headstart.transforms import suggest_image_size
 def resolve_strategy(cfg: TrainConfig) -> Strategy:
     return get_strategy(cfg.strategy, train_last=cfg.train_last, lr=cfg.lr, head_lr=cfg.head_lr,
                         lr_decay=cfg.lr_decay, epochs=cfg.epochs, augment=cfg.augment,
-                        train_bn_stats=False if cfg.freeze_bn else None)
+                        train_bn_stats=None if cfg.freeze_bn is None else not cfg.freeze_bn)
 
 
 def build_model(cfg: TrainConfig, strategy: Strategy, num_classes: int) -> StagedModel:

@@ -82,7 +82,9 @@ def train(
     no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the on-disk caches."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print run.json to stdout."),
-    freeze_bn: bool = typer.Option(False, "--freeze-bn", help="Keep every BatchNorm's pretrained statistics, trained groups too."),
+    freeze_bn: bool = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every BatchNorm's pretrained statistics, "
+                                   "trained groups too (the default of pretrained strategies), or let trained groups "
+                                   "re-estimate them.", show_default=False),
     l2sp: float = typer.Option(0.0, help="L2-SP: penalise ALPHA/2 ||w - w0||^2, the distance from the pretrained weights."),
     monitor_folder: str = typer.Option(None, help="ImageNet synset folders for the old-task top-1 of the forgetting "
                                                   "monitor (default: ../shared/data/imagenet-samples/val if present; 'none': off)."),
@@ -116,7 +118,9 @@ def compare(
     augment: str = typer.Option(None, help="none | light | strong, the same for every strategy (default light)."),
     views: int = typer.Option(0, help="linear with augmentation: augmented views per image (default 8)."),
     patience: int = typer.Option(0, help="Early stopping (0: off, so every strategy gets the same budget)."),
-    freeze_bn: bool = typer.Option(False, "--freeze-bn", help="Keep every BatchNorm's pretrained statistics."),
+    freeze_bn: bool = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every BatchNorm's pretrained statistics "
+                                   "(the default of pretrained strategies), or let trained groups re-estimate them.",
+                                   show_default=False),
     batch_size: int = typer.Option(32),
     image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
     per_class: int = typer.Option(None, help="Subsample training data to N images per class (one draw for all runs)."),

@@ -53,7 +53,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
     augment: str | None = None
-    freeze_bn: bool = False  # keep every BatchNorm's pretrained statistics, trained groups included
+    freeze_bn: bool | None = None  # every BatchNorm keeps its pretrained statistics (None: the strategy's default)
     views: int = 0  # linear + augmentation: augmented views per image whose features are cached
     patience: int | None = 5
     seed: int = 0
