@@ -8,7 +8,7 @@ https://pytorch.org/tutorials/beginner/transfer_learning_tutorial.html — what 
   the train phase (so the BatchNorm statistics of frozen layers drift too, as in the tutorial), the best val
   accuracy's weights are kept.
 - `linear` is the tutorial's "ConvNet as fixed feature extractor"; `partial` is its fine-tuning loop restricted
-  to the same last stage group + head that headstart's `partial` trains (cheaper than fine-tuning every layer,
+  to the same last k stage groups + head that headstart's `partial` trains by default (cheaper than fine-tuning every layer,
   so the comparison is about caching and the input pipeline, not about how much trains).
 
 What differs from the tutorial, so that only the method differs from headstart: the model is headstart's
@@ -36,6 +36,7 @@ from torchvision import datasets, transforms
 
 from headstart.backbones import load_backbone
 from headstart.data import load_data
+from headstart.strategies import get_strategy
 
 
 def tutorial_transforms(size: int, mean, std) -> dict[str, transforms.Compose]:
@@ -63,7 +64,8 @@ def image_folder(root: Path, files: list[str], transform) -> datasets.ImageFolde
 def build(mode: str, num_classes: int) -> tuple[nn.Module, list[nn.Parameter]]:
     model = load_backbone("efficientnet_lite0")
     model.reset_head(num_classes)
-    trainable = {"linear": ["head"], "partial": [model.stage_names[-1], "head"]}[mode]
+    k = get_strategy("partial").phases[0].train_last  # the same last k stage groups as headstart's default partial
+    trainable = {"linear": ["head"], "partial": [*model.stage_names[-k:], "head"]}[mode]
     for name in model.group_names:
         model.group(name).requires_grad_(name in trainable)
     return model, [p for p in model.parameters() if p.requires_grad]
