@@ -60,7 +60,7 @@ def train(
     lr: float = typer.Option(None, help="LR of the top backbone stage group."),
     head_lr: float = typer.Option(None, help="LR of the new head."),
     lr_decay: float = typer.Option(None, help="LR factor per stage group toward the stem."),
-    train_last: int = typer.Option(None, help="partial: how many last stage groups train (default 1)."),
+    train_last: int = typer.Option(None, help="partial: how many last stage groups train (default 2)."),
     optimizer: str = typer.Option("adamw", help="adamw | sgd"),
     weight_decay: float = typer.Option(0.01),
     label_smoothing: float = typer.Option(0.1),

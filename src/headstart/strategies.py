@@ -7,7 +7,7 @@ what happens to BatchNorm in frozen groups; its default augmentation and epochs.
 
     scratch   random init, everything trains at one LR          (the control)
     linear    frozen pretrained backbone, new head              (feature extraction)
-    partial   last k stage groups + head                        (default k = 1)
+    partial   last k stage groups + head                        (default k = 2)
     full      every group, discriminative LRs                   (head >> top stage >> ... >> stem)
     gradual   head first, then one more stage group every `unfreeze_every` epochs (ULMFiT-style)
     lp-ft     linear probe first, then every group              (Kumar et al., 2022: protects features)
@@ -72,7 +72,7 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("linear", "frozen pretrained backbone, new head (feature extraction)",
                  phases=(Phase(0, 0),), head_lr=3e-3, augment="none", epochs=10),
         Strategy("partial", "last stage group(s) + head fine-tuned, the rest frozen",
-                 phases=(Phase(0, 1),), head_lr=2e-3, lr=5e-4, lr_decay=0.5, train_bn_stats=False, augment="light",
+                 phases=(Phase(0, 2),), head_lr=2e-3, lr=5e-4, lr_decay=0.5, train_bn_stats=False, augment="light",
                  epochs=10),
         Strategy("full", "all layers fine-tuned, discriminative learning rates",
                  phases=(Phase(0, None),), head_lr=1e-3, lr=2e-4, lr_decay=0.6, train_bn_stats=False, augment="light",
