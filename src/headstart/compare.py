@@ -9,8 +9,8 @@ Everything but the starting point and what is frozen is held fixed: architecture
 the epoch budget (`headstart compare` turns early stopping off; from Python pass `TrainConfig(patience=None)`)
 and the augmentation. The strategies' own
 default augmentations differ (`linear` trains on un-augmented, cacheable features), so compare passes ONE
-`augment` to every run; `linear` gets it through `views` augmented copies of each image whose frozen
-features are computed once, so it stays a cached linear probe while seeing the same kind of augmented data.
+`augment` to every run; `linear` and `partial` get it through `views` augmented copies of each image whose
+frozen-prefix output is computed once, so they stay cached while seeing the same kind of augmented data.
 Each strategy keeps its own learning rates: they are part of what the strategy is.
 """
 
@@ -33,6 +33,7 @@ from headstart.train import TrainConfig
 SUMMARY_FILE = "summary.json"
 DEFAULT_AUGMENT = "light"
 DEFAULT_VIEWS = 8  # augmented views per image for `linear` when the comparison augments
+CACHED_PREFIX = ("linear", "partial")  # strategies whose frozen prefix never changes: worth caching views of
 # Settings that change what a run computes: a finished run is reused only when all of them match.
 _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "lr_decay", "train_last", "optimizer",
                  "weight_decay", "label_smoothing", "warmup_epochs", "augment", "views", "freeze_bn", "patience", "seed",
@@ -44,8 +45,14 @@ def run_dir(out: Path, strategy: str, seed: int) -> Path:
 
 
 def run_config(base: TrainConfig, strategy: str, seed: int, epochs: int, augment: str) -> TrainConfig:
-    """The TrainConfig of one cell of the experiment: `base` with the strategy, seed and shared settings."""
-    views = (base.views or DEFAULT_VIEWS) if strategy == "linear" and augment != "none" else 0
+    """The TrainConfig of one cell of the experiment: `base` with the strategy, seed and shared settings.
+
+    `linear` caches 8 views (its head trains in no time, so many views cost one backbone pass each); `partial`
+    caches one view per two epochs: each view is seen about twice, and the frozen prefix runs half as often as
+    streaming would (cifar cat/dog/horse, 8 epochs: 4 views 0.867 in 204 s vs streaming 0.860 in 328 s)."""
+    views = 0
+    if strategy in CACHED_PREFIX and augment != "none":
+        views = base.views or (DEFAULT_VIEWS if strategy == "linear" else max(2, epochs // 2))
     return replace(base, strategy=strategy, seed=seed, epochs=epochs, augment=augment, views=views)
 
 
