@@ -152,3 +152,15 @@ def test_cli_compare_reuses_the_finished_runs(finished, data, monkeypatch):
     printed = json.loads(result.stdout[result.stdout.index("{"):])
     assert printed["winner"] == summary["winner"]
     assert printed["strategies"]["linear"]["val_accuracy_mean"] == summary["strategies"]["linear"]["val_accuracy_mean"]
+
+
+def test_a_finished_run_whose_strategy_defaults_changed_is_refused(finished, data, monkeypatch):
+    """A strategy default edited in the code since the run (here partial's head LR) is another experiment."""
+    from dataclasses import replace
+
+    from headstart import strategies
+
+    out, _ = finished
+    monkeypatch.setitem(strategies.STRATEGIES, "partial", replace(strategies.STRATEGIES["partial"], head_lr=0.5))
+    with pytest.raises(HeadstartError, match="other settings.*strategy spec.*head_lr"):
+        compare(data, ["partial"], [0], out, tiny_config(cache_dir=str(out / "cache")))

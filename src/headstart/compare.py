@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from headstart.api import train as train_run
+from headstart.api import resolve_strategy, train as train_run
 from headstart.console import info
 from headstart.data import DataSplits, ImageSet, load_data
 from headstart.errors import HeadstartError
@@ -63,14 +63,24 @@ def is_finished(directory: Path, cfg: TrainConfig) -> bool:
     run = read_run(directory)
     if run.get("interrupted"):
         return False
-    done = json.loads((directory / CONFIG_FILE).read_text())["train"]
-    wanted = cfg.to_dict()
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    done, wanted = config["train"], cfg.to_dict()
     differ = [k for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)]
+    # the strategy as it was resolved then: a default changed in the code since makes it another experiment
+    spec = json.loads(json.dumps(resolve_strategy(cfg).to_dict()))
+    if "strategy" in config and config["strategy"] != spec:
+        differ.append("strategy spec")
+        done["strategy spec"], wanted["strategy spec"] = _spec_diff(config["strategy"], spec)
     if differ:
         raise HeadstartError(
             f"{directory} holds a run with other settings ({', '.join(f'{k}: {done.get(k)} vs {wanted.get(k)}' for k in differ)}); "
             "use another --out, or delete that folder to redo it")
     return True
+
+
+def _spec_diff(old: dict, new: dict) -> tuple[dict, dict]:
+    keys = [k for k in new if old.get(k) != new.get(k)]
+    return {k: old.get(k) for k in keys}, {k: new[k] for k in keys}
 
 
 def first_per_class(images: ImageSet, n: int) -> ImageSet:
