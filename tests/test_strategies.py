@@ -167,3 +167,14 @@ def test_train_bn_and_freeze_bn_override_the_strategy_default():
     assert not resolve_strategy(TrainConfig(strategy="partial")).train_bn_stats
     assert not resolve_strategy(TrainConfig(strategy="scratch", freeze_bn=True)).train_bn_stats  # --freeze-bn
     assert resolve_strategy(TrainConfig(strategy="scratch")).train_bn_stats
+
+
+def test_views_are_cached_only_for_a_prefix_frozen_for_the_whole_run():
+    from headstart.train import default_views
+
+    assert default_views(get_strategy("linear"), 10, "light") == 8  # the head trains in no time: many views
+    assert default_views(get_strategy("partial"), 8, "light") == 4  # one view per two epochs
+    assert default_views(get_strategy("partial", train_last=3), 2, "strong") == 2
+    assert default_views(get_strategy("linear"), 10, "none") == 0  # nothing to augment: plain cached features
+    for name in ("full", "gradual", "lp-ft", "scratch"):  # the prefix changes, or there is none
+        assert default_views(get_strategy(name), 10, "light") == 0, name

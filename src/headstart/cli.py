@@ -66,9 +66,10 @@ def train(
     label_smoothing: float = typer.Option(0.1),
     warmup_epochs: float = typer.Option(1.0),
     augment: str = typer.Option(None, help="none | light | strong (default: the strategy's)."),
-    views: int = typer.Option(0, help="With augmentation and a frozen prefix (linear, partial): cache the prefix's "
-                                      "output for this many augmented views per image instead of recomputing it "
-                                      "every epoch."),
+    views: int = typer.Option(None, help="With augmentation and a frozen prefix (linear, partial): cache the prefix's "
+                                         "output for this many augmented views per image instead of recomputing it "
+                                         "every epoch (default: 8 for linear, one per two epochs for partial; 0: "
+                                         "fresh augmentation every epoch).", show_default=False),
     patience: int = typer.Option(5, help="Early stopping: epochs without val improvement (0: off)."),
     seed: int = typer.Option(0),
     image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
@@ -116,7 +117,9 @@ def compare(
     model: str = typer.Option("efficientnet_lite0", help="The one backbone every strategy uses."),
     epochs: int = typer.Option(None, help="The epoch budget of every run (default: the strategies' default)."),
     augment: str = typer.Option(None, help="none | light | strong, the same for every strategy (default light)."),
-    views: int = typer.Option(0, help="linear with augmentation: augmented views per image (default 8)."),
+    views: int = typer.Option(None, help="Cached augmented views of a frozen prefix (default: 8 for linear, one per "
+                                         "two epochs for partial; 0: fresh augmentation every epoch).",
+                              show_default=False),
     patience: int = typer.Option(0, help="Early stopping (0: off, so every strategy gets the same budget)."),
     freeze_bn: bool = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every BatchNorm's pretrained statistics "
                                    "(the default of pretrained strategies), or let trained groups re-estimate them.",

@@ -28,12 +28,10 @@ from headstart.data import DataSplits, ImageSet, load_data
 from headstart.errors import HeadstartError
 from headstart.runs import CONFIG_FILE, HISTORY_FILE, RUN_FILE, read_history, read_run, write_json
 from headstart.strategies import get_strategy
-from headstart.train import TrainConfig
+from headstart.train import TrainConfig, default_views
 
 SUMMARY_FILE = "summary.json"
 DEFAULT_AUGMENT = "light"
-DEFAULT_VIEWS = 8  # augmented views per image for `linear` when the comparison augments
-CACHED_PREFIX = ("linear", "partial")  # strategies whose frozen prefix never changes: worth caching views of
 # Settings that change what a run computes: a finished run is reused only when all of them match.
 _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "lr_decay", "train_last", "optimizer",
                  "weight_decay", "label_smoothing", "warmup_epochs", "augment", "views", "freeze_bn", "patience", "seed",
@@ -46,13 +44,8 @@ def run_dir(out: Path, strategy: str, seed: int) -> Path:
 
 def run_config(base: TrainConfig, strategy: str, seed: int, epochs: int, augment: str) -> TrainConfig:
     """The TrainConfig of one cell of the experiment: `base` with the strategy, seed and shared settings.
-
-    `linear` caches 8 views (its head trains in no time, so many views cost one backbone pass each); `partial`
-    caches one view per two epochs: each view is seen about twice, and the frozen prefix runs half as often as
-    streaming would (cifar cat/dog/horse, 8 epochs: 4 views 0.867 in 204 s vs streaming 0.860 in 328 s)."""
-    views = 0
-    if strategy in CACHED_PREFIX and augment != "none":
-        views = base.views or (DEFAULT_VIEWS if strategy == "linear" else max(2, epochs // 2))
+    The views are spelled out (`train.default_views` unless `base` says), so the run's config records them."""
+    views = base.views if base.views is not None else default_views(get_strategy(strategy), epochs, augment)
     return replace(base, strategy=strategy, seed=seed, epochs=epochs, augment=augment, views=views)
 
 

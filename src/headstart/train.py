@@ -54,7 +54,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     augment: str | None = None
     freeze_bn: bool | None = None  # every BatchNorm keeps its pretrained statistics (None: the strategy's default)
-    views: int = 0  # linear + augmentation: augmented views per image whose features are cached
+    views: int | None = None  # augmented views of a frozen prefix to cache (None: `default_views`; 0: stream)
     patience: int | None = 5
     seed: int = 0
     image_size: int | None = None
@@ -139,6 +139,26 @@ def default_workers(augment: str) -> int:
     if augment == "none":
         return 0
     return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+LINEAR_VIEWS = 8
+
+
+def default_views(strategy: Strategy, epochs: int, augment: str) -> int:
+    """How many augmented views of a frozen prefix to cache when the run does not say (`--views`).
+
+    Only a prefix that stays frozen for the whole run is worth it (linear, partial; not gradual or lp-ft, whose
+    prefix changes, nor full). `linear` caches 8: its head trains in no time, so each view costs one backbone
+    pass and buys diversity. `partial` caches one view per two epochs: each view is seen about twice and the
+    prefix runs half as often as streaming fresh augmentations would — as accurate, and faster (cifar
+    cat/dog/horse, 500/class, 8 epochs: 4 views 0.867 in 204 s vs streaming 0.860 in 328 s).
+    """
+    if augment == "none" or strategy.unfreeze_every or len(strategy.phases) != 1 or not strategy.pretrained:
+        return 0
+    k = strategy.phases[0].train_last
+    if k is None:
+        return 0
+    return LINEAR_VIEWS if k == 0 else max(2, epochs // 2)
 
 
 def first_trainable_stage(model: StagedModel, trainable: list[str]) -> int:
@@ -272,7 +292,8 @@ def fit(
         val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=64) if val_acts is not None
                        else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=64,
                                        pin_memory=device.type == "cuda"))
-        views = cfg.views if augment != "none" else 0  # augmented views make the frozen prefix cacheable too
+        # augmented views make the frozen prefix cacheable too
+        views = 0 if augment == "none" else cfg.views if cfg.views is not None else default_views(strategy, epochs, augment)
         train_acts = None
         if start and (augment == "none" or views):
             train_acts = prefix_activations(model, train.pixels, start, **common, source_key=train.key,
