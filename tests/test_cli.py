@@ -51,9 +51,13 @@ def test_inspect_json_shows_what_trains():
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     trainable = [g["group"] for g in info["groups"] if g["trainable"]]
-    assert trainable == ["stage7", "head"] and "out_features=3" in info["head"]
-    frozen_bn = {g["group"]: g["batchnorm"] for g in info["groups"]}
-    assert frozen_bn["stem"].startswith("eval") and frozen_bn["stage7"] == "train"
+    assert trainable == ["stage6", "stage7", "head"] and "out_features=3" in info["head"]  # the last 2 groups
+    bn = {g["group"]: g["batchnorm"] for g in info["groups"]}
+    assert bn["stem"].startswith("eval") and bn["stage7"].startswith("eval")  # pretrained statistics everywhere
+    with_train_bn = json.loads(run_cli("inspect", "efficientnet_lite0", "--strategy", "partial", "--train-bn",
+                                       "--num-classes", "3", "--json").stdout)
+    bn = {g["group"]: g["batchnorm"] for g in with_train_bn["groups"]}
+    assert bn["stem"].startswith("eval") and bn["stage7"] == "train"
 
 
 @pytest.mark.parametrize("setup, message", [

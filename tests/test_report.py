@@ -45,7 +45,7 @@ def test_diagram_colours_follow_the_strategy():
     scratch, linear, partial, gradual = (fills[i * n:(i + 1) * n] for i in range(4))
     assert scratch == [SCRATCH] * n  # random start: everything trains
     assert linear == [FROZEN] * (n - 1) + [TRAINABLE]  # only the head
-    assert partial == [FROZEN] * (n - 2) + [TRAINABLE] * 2  # last stage group + head
+    assert partial == [FROZEN] * (n - 3) + [TRAINABLE] * 3  # last 2 stage groups + head
     assert gradual == ["url(#later)"] * (n - 1) + [TRAINABLE]  # head now, the rest unfrozen later
     svg = strategy_diagram(rows[2:3])
     total = sum(g["params"] for g in rows[2].groups)
@@ -58,7 +58,7 @@ def test_inspect_draws_the_diagram(tmp_path):
     result = CliRunner().invoke(app, ["inspect", "test_efficientnet", "--strategy", "partial", "--diagram", str(path)])
     assert result.exit_code == 0, result.output
     fills = block_fills(path.read_text())
-    assert fills.count(TRAINABLE) == 2 and fills[0] == FROZEN
+    assert fills.count(TRAINABLE) == 3 and fills[0] == FROZEN  # partial: the last 2 stage groups + head
 
 
 def summary_of(val: dict[str, float], gap: dict[str, float], winner: str, std: float = 0.01) -> dict:

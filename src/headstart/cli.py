@@ -249,6 +249,9 @@ def inspect(
     num_classes: int = typer.Option(None, help="Replace the head for N classes."),
     train_last: int = typer.Option(None, help="partial: how many last stage groups train."),
     diagram: Path = typer.Option(None, help="Also draw the frozen/trainable diagram into this SVG file."),
+    freeze_bn: bool = typer.Option(None, "--freeze-bn/--train-bn", help="BatchNorm statistics: kept pretrained "
+                                   "(the default of pretrained strategies) or re-estimated in trained groups.",
+                                   show_default=False),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Stage groups, parameters, and what trains under a strategy: the model is just an nn.Module."""
@@ -256,7 +259,7 @@ def inspect(
 
     from headstart.api import inspect_model
 
-    info = inspect_model(model, strategy, num_classes, train_last)
+    info = inspect_model(model, strategy, num_classes, train_last, freeze_bn)
     if diagram:
         from headstart.report.diagram import DiagramRow, write_diagram
         from headstart.strategies import get_strategy
