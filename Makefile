@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HS := $(VENV)/bin/headstart
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install demo test bench data chromium clean
+.PHONY: install demo test bench lesson data chromium clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: install
 	PYTHONPATH=src:bench $(PY) bench/run.py
 	PYTHONPATH=src:bench $(PY) bench/table.py > bench/results/table.md
 	@echo "results: bench/results/*.json, table: bench/results/table.md (see docs/performance.md)"
+
+# The lesson notebook, executed end to end (FAST settings: minutes on 2 cores); the executed copy goes to runs/lesson/.
+lesson: install
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[lesson]"
+	$(PY) notebooks/execute.py
 
 clean:
 	rm -rf runs .pytest_cache
