@@ -223,8 +223,7 @@ def predict(run_dir: str | Path, paths: list[str | Path], top_k: int = 1) -> lis
 def inspect_model(name: str, strategy: str = "linear", num_classes: int | None = None, train_last: int | None = None,
                   freeze_bn: bool | None = None) -> dict:
     """The backbone's stage groups with parameter counts, what trains under `strategy`, and its head."""
-    spec = get_strategy(strategy, train_last=train_last,
-                        train_bn_stats=None if freeze_bn is None else not freeze_bn)
+    spec = resolve_strategy(TrainConfig(strategy=strategy, train_last=train_last, freeze_bn=freeze_bn))
     model = load_backbone(name, pretrained=spec.pretrained)
     if num_classes:
         model.reset_head(num_classes)

@@ -58,15 +58,14 @@ def is_finished(directory: Path, cfg: TrainConfig) -> bool:
         return False
     config = json.loads((directory / CONFIG_FILE).read_text())
     done, wanted = config["train"], cfg.to_dict()
-    differ = [k for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)]
+    differ = {k: (done.get(k), wanted.get(k)) for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)}
     # the strategy as it was resolved then: a default changed in the code since makes it another experiment
     spec = json.loads(json.dumps(resolve_strategy(cfg).to_dict()))
     if "strategy" in config and config["strategy"] != spec:
-        differ.append("strategy spec")
-        done["strategy spec"], wanted["strategy spec"] = _spec_diff(config["strategy"], spec)
+        differ["strategy spec"] = _spec_diff(config["strategy"], spec)
     if differ:
         raise HeadstartError(
-            f"{directory} holds a run with other settings ({', '.join(f'{k}: {done.get(k)} vs {wanted.get(k)}' for k in differ)}); "
+            f"{directory} holds a run with other settings ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in differ.items())}); "
             "use another --out, or delete that folder to redo it")
     return True
 
