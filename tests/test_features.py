@@ -11,7 +11,7 @@ import headstart.features as features
 from headstart.api import train
 from headstart.backbones import load_backbone
 from headstart.cli import app
-from headstart.features import feature_batch_size, prefix_activations
+from headstart.features import inference_batch_size, prefix_activations
 from headstart.runs import read_history
 from headstart.train import TrainConfig
 from headstart.transforms import normalize_batch, train_transform
@@ -117,8 +117,9 @@ def test_views_shape_determinism_and_rng(model, pixels):
     assert not torch.allclose(a[0], a[1])  # views differ from one another
 
 
-def test_feature_batch_size_scales_with_pixels():
-    assert feature_batch_size(224) == 16 and feature_batch_size(448) == 4 and feature_batch_size(32) == 128
+def test_inference_batch_size_scales_with_pixels():
+    assert inference_batch_size(224) == 16 and inference_batch_size(448) == 4 and inference_batch_size(32) == 128
+    assert inference_batch_size(224, "cuda") == 128
 
 
 # --------------------------------------------------------------------------- through fit: same run, cached or not

@@ -146,11 +146,14 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
     else:
         from torch.utils.data import DataLoader
 
+        from headstart.features import inference_batch_size
         from headstart.train import PixelDataset
         from headstart.transforms import eval_transform
 
-        loader = DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(model.preprocessing)), batch_size=64)
-        logits, labels = predict_batches(model, loader, 0, model.preprocessing, pick_device(config["train"]["device"]))
+        device = pick_device(config["train"]["device"])
+        loader = DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(model.preprocessing)),
+                            batch_size=inference_batch_size(model.preprocessing.image_size, device))
+        logits, labels = predict_batches(model, loader, 0, model.preprocessing, device)
     metrics = classification_metrics(logits, labels, splits.classes)
     last = result.history[-1]
     run = {

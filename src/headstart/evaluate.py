@@ -12,6 +12,7 @@ from headstart.cache import decode_images
 from headstart.console import warn_skipped
 from headstart.data import ImageSet, load_class_folders
 from headstart.errors import HeadstartError
+from headstart.features import inference_batch_size
 from headstart.images import UnreadableImage, is_image_file, read_rgb
 from headstart.train import PixelDataset, pick_device, predict_batches
 from headstart.transforms import eval_transform, normalize_batch, to_store
@@ -48,7 +49,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return float((top == labels[:, None]).any(1).float().mean())
 
 
-def evaluate_model(model: StagedModel, images: ImageSet, batch_size: int = 64, cache_dir=None, use_cache=True,
+def evaluate_model(model: StagedModel, images: ImageSet, batch_size: int | None = None, cache_dir=None, use_cache=True,
                    device: str = "auto") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Logits and labels of `images` (unreadable files skipped, with a warning); also the kept indices."""
     pre = model.preprocessing
@@ -57,7 +58,8 @@ def evaluate_model(model: StagedModel, images: ImageSet, batch_size: int = 64, c
     labels = torch.tensor([images.labels[i] for i in decoded.kept])
     dev = pick_device(device)
     model.to(dev)
-    loader = torch.utils.data.DataLoader(PixelDataset(decoded.pixels, labels, eval_transform(pre)), batch_size=batch_size)
+    loader = torch.utils.data.DataLoader(PixelDataset(decoded.pixels, labels, eval_transform(pre)),
+                                         batch_size=batch_size or inference_batch_size(pre.image_size, dev))
     logits, labels = predict_batches(model, loader, 0, pre, dev)
     return logits, labels, decoded.kept
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from headstart.backbones import StagedModel, count_params
 from headstart.console import console, info
-from headstart.features import prefix_activations
+from headstart.features import inference_batch_size, prefix_activations
 from headstart.progress import progress_bar
 from headstart.strategies import (
     Strategy,
@@ -289,8 +289,9 @@ def fit(
         set_train_mode(model, trainable, strategy)  # frozen groups in eval mode before computing anything
         common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache)
         val_acts = prefix_activations(model, val.pixels, start, **common, source_key=val.key) if start else None
-        val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=64) if val_acts is not None
-                       else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=64,
+        val_batch = 64 if val_acts is not None else inference_batch_size(pre.image_size, device)
+        val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=val_batch) if val_acts is not None
+                       else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=val_batch,
                                        pin_memory=device.type == "cuda"))
         # augmented views make the frozen prefix cacheable too
         views = 0 if augment == "none" else cfg.views if cfg.views is not None else default_views(strategy, epochs, augment)

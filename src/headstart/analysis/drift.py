@@ -26,6 +26,7 @@ from torchvision.transforms.v2.functional import center_crop
 
 from headstart.backbones import StagedModel
 from headstart.console import warn
+from headstart.features import inference_batch_size
 from headstart.transforms import Preprocessing, normalize_batch
 
 PROBE_BATCH = 64  # training images whose features are compared with the pretrained ones (CKA)
@@ -76,10 +77,11 @@ def l2sp_penalty(anchor: list[tuple[torch.nn.Parameter, torch.Tensor]], alpha: f
 
 
 @torch.no_grad()
-def pooled_stages(model: StagedModel, pixels: torch.Tensor, pre: Preprocessing, batch_size: int = 64) -> list[torch.Tensor]:
+def pooled_stages(model: StagedModel, pixels: torch.Tensor, pre: Preprocessing) -> list[torch.Tensor]:
     """Every stage group's output on uint8 images, average-pooled to CKA_POOL x CKA_POOL, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
+    batch_size = inference_batch_size(pre.image_size, device)
     outs: list[list[torch.Tensor]] = [[] for _ in model.stage_names]
     for i in range(0, len(pixels), batch_size):
         x = normalize_batch(pixels[i : i + batch_size].to(device), pre)
@@ -118,11 +120,11 @@ class ForgettingMonitor:
         device = next(model.parameters()).device
         fc = self.reference.head.fc.to(device)
         images, labels = self.imagenet
-        correct = 0
-        for i in range(0, len(images), 64):
-            x = normalize_batch(images[i : i + 64].to(device), self.pre)
+        correct, step = 0, inference_batch_size(self.pre.image_size, device)
+        for i in range(0, len(images), step):
+            x = normalize_batch(images[i : i + step].to(device), self.pre)
             logits = fc(model.head.features(model.forward_to(x, len(model.stages))).float())
-            correct += (logits.argmax(1).cpu() == labels[i : i + 64]).sum().item()
+            correct += (logits.argmax(1).cpu() == labels[i : i + step]).sum().item()
         self.reference.head.fc.cpu()
         return correct / len(labels)
 
