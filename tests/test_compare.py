@@ -135,6 +135,31 @@ def test_bad_arguments_fail_before_training(data, tmp_path):
         compare(data, ["linear", "linear"], [0], tmp_path)
 
 
+def test_partial_depths_compare_side_by_side(data, tmp_path):
+    labels = ["partial:1", "partial:3"]
+    summary = compare(data, labels, [0], tmp_path / "cmp", tiny_config(epochs=1, cache_dir=str(tmp_path / "cache")))
+    assert set(summary["strategies"]) == set(labels)
+    configs = {k: json.loads((run_dir(tmp_path / "cmp", f"partial:{k}", 0) / "config.json").read_text()) for k in (1, 3)}
+    assert run_dir(tmp_path / "cmp", "partial:3", 0).name == "partial-k3-seed0"
+    assert [configs[k]["train"]["train_last"] for k in (1, 3)] == [1, 3]
+    assert [configs[k]["strategy"]["phases"] for k in (1, 3)] == [[{"start_epoch": 0, "train_last": 1}],
+                                                                 [{"start_epoch": 0, "train_last": 3}]]
+    rows = summary["strategies"]
+    assert rows["partial:3"]["trainable_params_mean"] > rows["partial:1"]["trainable_params_mean"]
+    assert rows["partial:1"]["trains"] == "the last 1 stage group and the head"
+    html = (tmp_path / "cmp" / "report.html").read_text()
+    assert 'data-strategy="partial:1"' in html and 'data-strategy="partial:3"' in html
+    assert ">partial:3</text>" in html  # the frozen/trainable diagram names the variant
+
+
+def test_bad_strategy_labels_fail_before_training(data, tmp_path):
+    with pytest.raises(HeadstartError, match="partial:K with K"):
+        compare(data, ["partial:0"], [0], tmp_path)
+    with pytest.raises(HeadstartError, match="partial strategy only"):
+        compare(data, ["linear:2"], [0], tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_cli_compare_reuses_the_finished_runs(finished, data, monkeypatch):
     from typer.testing import CliRunner
 

@@ -111,7 +111,9 @@ def train(
 @friendly_errors
 def compare(
     data: str = typer.Argument(..., help=DATA_HELP),
-    strategies: str = typer.Option("scratch,linear,partial,full,gradual", help="Comma-separated strategies."),
+    strategies: str = typer.Option("scratch,linear,partial,full,gradual",
+                                   help="Comma-separated strategies; partial:K trains the last K stage groups "
+                                        "(e.g. partial:1,partial:3 compares two depths)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds: every strategy runs once per seed."),
     out: Path = typer.Option(..., help="Folder for runs/, summary.json, report.html, report.md."),
     model: str = typer.Option("efficientnet_lite0", help="The one backbone every strategy uses."),

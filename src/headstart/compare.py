@@ -27,7 +27,7 @@ from headstart.console import info
 from headstart.data import DataSplits, ImageSet, load_data
 from headstart.errors import HeadstartError
 from headstart.runs import CONFIG_FILE, HISTORY_FILE, RUN_FILE, read_history, read_run, write_json
-from headstart.strategies import get_strategy
+from headstart.strategies import Strategy, parse_label, strategy_for_label, what_trains
 from headstart.train import TrainConfig, default_views
 
 SUMMARY_FILE = "summary.json"
@@ -38,15 +38,19 @@ _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "
                  "image_size", "weights")
 
 
-def run_dir(out: Path, strategy: str, seed: int) -> Path:
-    return Path(out) / "runs" / f"{strategy}-seed{seed}"
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    """out/runs/<label>-seed<seed>; 'partial:3' becomes partial-k3 (no colons in file names)."""
+    return Path(out) / "runs" / f"{label.replace(':', '-k')}-seed{seed}"
 
 
-def run_config(base: TrainConfig, strategy: str, seed: int, epochs: int, augment: str) -> TrainConfig:
+def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: str) -> TrainConfig:
     """The TrainConfig of one cell of the experiment: `base` with the strategy, seed and shared settings.
     The views are spelled out (`train.default_views` unless `base` says), so the run's config records them."""
-    views = base.views if base.views is not None else default_views(get_strategy(strategy), epochs, augment)
-    return replace(base, strategy=strategy, seed=seed, epochs=epochs, augment=augment, views=views)
+    name, k = parse_label(label)
+    cfg = replace(base, strategy=name, train_last=k if k is not None else base.train_last, seed=seed, epochs=epochs,
+                  augment=augment)
+    views = base.views if base.views is not None else default_views(resolve_strategy(cfg), epochs, augment)
+    return replace(cfg, views=views)
 
 
 def is_finished(directory: Path, cfg: TrainConfig) -> bool:
@@ -107,10 +111,9 @@ def compare(
         raise HeadstartError("give at least one strategy and one seed")
     if len(set(strategies)) != len(strategies) or len(set(seeds)) != len(seeds):
         raise HeadstartError("strategies and seeds must not repeat")
-    for name in strategies:
-        get_strategy(name)  # unknown names fail here, before any training
+    specs = [strategy_for_label(label) for label in strategies]  # unknown names fail here, before any training
     base = base or TrainConfig(patience=None)
-    epochs = base.epochs or max(get_strategy(s).epochs for s in strategies)
+    epochs = base.epochs or max(spec.epochs for spec in specs)
     augment = base.augment or DEFAULT_AUGMENT
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,11 @@ def run_stats(directory: Path) -> dict:
     }
 
 
+def read_strategy(directory: Path) -> Strategy:
+    """The strategy a finished run trained under, as resolved then (config.json)."""
+    return Strategy.from_dict(json.loads((directory / CONFIG_FILE).read_text())["strategy"])
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n − 1); the std of a single seed is 0."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -180,7 +188,8 @@ def summarize(out: str | Path, strategies: list[str], seeds: list[int]) -> dict:
     image_size = environment = None
     for name in strategies:
         runs = [run_stats(run_dir(out, name, seed)) for seed in seeds]
-        row: dict = {"description": get_strategy(name).description, "pretrained": get_strategy(name).pretrained,
+        spec = read_strategy(run_dir(out, name, seeds[0]))
+        row: dict = {"description": spec.description, "trains": what_trains(spec), "pretrained": spec.pretrained,
                      "n_seeds": len(runs)}
         for key in ("val_accuracy", "final_train_accuracy", "gap", "wall_seconds", "trainable_params"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in runs])

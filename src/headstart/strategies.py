@@ -99,6 +99,41 @@ def get_strategy(name: str, *, train_last: int | None = None, **overrides) -> St
     return replace(strategy, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def parse_label(label: str) -> tuple[str, int | None]:
+    """A strategy as `compare` names it: 'partial' or 'partial:K' (the last K stage groups) -> (name, K or None).
+    The K form lets one comparison hold several depths of partial fine-tuning side by side."""
+    name, sep, k = label.partition(":")
+    if not sep:
+        return name, None
+    if not k.isdigit() or int(k) < 1:
+        raise HeadstartError(f"'{label}': write partial:K with K ≥ 1, the number of last stage groups that train")
+    return name, int(k)
+
+
+def strategy_for_label(label: str) -> Strategy:
+    """The strategy a `compare` label stands for ('partial:3' is partial with its last 3 stage groups)."""
+    name, k = parse_label(label)
+    return get_strategy(name, train_last=k)
+
+
+def what_trains(strategy: Strategy) -> str:
+    """What trains, in words (the results table of the reports)."""
+    phases = [p.train_last for p in strategy.phases]
+    if not strategy.pretrained:
+        return "every layer from random weights"
+    if strategy.unfreeze_every:
+        return "the head first, then one more stage group at a time"
+    if phases == [0]:
+        return "only a new head on frozen ImageNet features"
+    if phases == [None]:
+        return "every layer, with smaller learning rates near the stem"
+    if len(phases) == 1:
+        return f"the last {phases[0]} stage group{'s' if phases[0] > 1 else ''} and the head"
+    if phases == [0, None]:
+        return "the head first (a linear probe), then every layer"
+    return strategy.description
+
+
 def phase_at(strategy: Strategy, num_stages: int, epoch: int) -> Phase:
     return [p for p in strategy.phases_for(num_stages) if p.start_epoch <= epoch][-1]
 

@@ -20,13 +20,21 @@ from pathlib import Path
 import numpy as np
 
 from headstart.report.diagram import DiagramRow, human, rows_from_configs, strategy_diagram
-from headstart.report.markdown import WHAT_TRAINS, data_name, findings, pct, pts, results_rows
+from headstart.report.markdown import data_name, findings, pct, pts, results_rows
 from headstart.report.plots import plot_confusion, plot_curves, plt
 from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, read_history, read_run
+from headstart.strategies import Strategy, parse_label, what_trains
 
 GRID_FILE = "val_grid.json"
 COLORS = {"scratch": "#e15759", "linear": "#4e79a7", "partial": "#f28e2b", "full": "#59a14f", "gradual": "#b07aa1",
           "lp-ft": "#9c755f"}
+VARIANT_COLORS = ["#edc948", "#76b7b2", "#ff9da7", "#bab0ac", "#8cd17d"]  # partial:K, by K
+
+
+def strategy_color(label: str) -> str:
+    """A strategy's colour in every plot and table; partial:K variants get one each."""
+    _, k = parse_label(label)
+    return VARIANT_COLORS[k % len(VARIANT_COLORS)] if k is not None else COLORS.get(label, "#333")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1180px;margin:24px auto;padding:0 20px;
@@ -113,12 +121,12 @@ def plot_compare_curves(curves: dict[str, dict[str, np.ndarray]], chance: float 
     ax = flat[0]
     for name in names:
         c = curves[name]
-        ax.plot(c["epoch"], c["val_accuracy"], "-o", ms=3, color=COLORS.get(name, "#333"), label=name, lw=2)
+        ax.plot(c["epoch"], c["val_accuracy"], "-o", ms=3, color=strategy_color(name), label=name, lw=2)
     ax.set_title("val accuracy, all strategies", fontsize=11)
     ax.legend(fontsize=8.5, loc="lower right")
     for ax, name in zip(flat[1:], names):
         c = curves[name]
-        color = COLORS.get(name, "#333")
+        color = strategy_color(name)
         ax.plot(c["epoch"], c["train_accuracy"], "--", color=color, lw=1.6, label="train")
         ax.plot(c["epoch"], c["val_accuracy"], "-", color=color, lw=2.2, label="val")
         train_acc, val_acc = np.asarray(c["train_accuracy"]), np.asarray(c["val_accuracy"])
@@ -206,7 +214,7 @@ def results_table(summary: dict) -> str:
             "<th class='num'>seconds</th></tr>")
     body = []
     for r in results_rows(summary):
-        color = COLORS.get(r["strategy"], "#333")
+        color = strategy_color(r["strategy"])
         std = f" ± {pct(r['val_std'])}" if seeds > 1 else ""
         body.append(
             f'<tr class="{"win" if r["winner"] else ""}" data-strategy="{escape(r["strategy"])}">'
@@ -230,6 +238,8 @@ def compare_html(out: Path, summary: dict) -> str:
     chance = 1 / len(setup["classes"])
     diagram_rows = rows_from_configs([json.loads((run_dir(out, name, seeds[0]) / CONFIG_FILE).read_text())
                                       for name in summary["ranking"]])
+    for row, label in zip(diagram_rows, summary["ranking"]):
+        row.strategy = label  # partial:3 and partial side by side
     confusions = []
     for name in summary["ranking"]:
         cm = sum(np.asarray(read_run(run_dir(out, name, s))["val_metrics"]["confusion_matrix"]) for s in seeds)
@@ -290,7 +300,7 @@ def run_html(run_dir: Path, diagram: DiagramRow | None = None) -> str:
     body = [
         f"<h1>{escape(name)} on {escape(data_name(config.get('data')))}</h1>",
         f'<div class="winner"><p class="big">val accuracy {pct(run["best_val_accuracy"])} (epoch {run["best_epoch"]} '
-        f'of {run["epochs"]})</p><p>Trains {escape(WHAT_TRAINS.get(name, name))}. Last epoch: train '
+        f'of {run["epochs"]})</p><p>Trains {escape(what_trains(Strategy.from_dict(config["strategy"])))}. Last epoch: train '
         f'{pct(last["train_accuracy"])}, val {pct(last["val_accuracy"])}, a {pts(gap)} gap: {verdict}.'
         f'{" Interrupted: this is the best checkpoint so far." if run.get("interrupted") else ""}</p></div>',
         f'<p class="setup">{escape(run["model"])} at {run["image_size"]}px · {run["n_train"]} train / {run["n_val"]} '

@@ -10,16 +10,6 @@ from pathlib import Path
 
 from headstart.runs import atomic_write_text
 
-WHAT_TRAINS = {
-    "scratch": "every layer from random weights",
-    "linear": "only a new head on frozen ImageNet features",
-    "partial": "the last stage group(s) and the head",
-    "full": "every layer, with smaller learning rates near the stem",
-    "gradual": "the head first, then one more stage group at a time",
-    "lp-ft": "the head first (a linear probe), then every layer",
-}
-
-
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -80,11 +70,12 @@ def findings(summary: dict) -> list[str]:
         lin = table["linear"]
         diff = w["val_accuracy_mean"] - lin["val_accuracy_mean"]
         noise = max(w["val_accuracy_std"], lin["val_accuracy_std"], 0.01)
+        trains = w.get("trains", winner)
         if diff > noise:
-            out.append(f"Training {WHAT_TRAINS.get(winner, winner)} adds {pts(diff)} over frozen features (linear, "
+            out.append(f"Training {trains} adds {pts(diff)} over frozen features (linear, "
                        f"{pct(lin['val_accuracy_mean'])}): the top layers adapt to this data.")
         else:
-            out.append(f"Training {WHAT_TRAINS.get(winner, winner)} is barely better than frozen features (linear, "
+            out.append(f"Training {trains} is barely better than frozen features (linear, "
                        f"{pct(lin['val_accuracy_mean'])}, {pts(diff)} behind, within the noise): on these images "
                        "the ImageNet features already do most of the work.")
     elif winner == "linear":
@@ -118,7 +109,7 @@ def results_rows(summary: dict) -> list[dict]:
     for name in summary["ranking"]:
         s = summary["strategies"][name]
         rows.append({
-            "strategy": name, "trains": WHAT_TRAINS.get(name, s["description"]),
+            "strategy": name, "trains": s.get("trains", s["description"]),
             "val": s["val_accuracy_mean"], "val_std": s["val_accuracy_std"],
             "train": s["final_train_accuracy_mean"], "gap": s["gap_mean"], "gap_std": s["gap_std"],
             "params": s["trainable_params_mean"], "seconds": s["wall_seconds_mean"],
