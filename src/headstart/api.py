@@ -223,6 +223,16 @@ def predict(run_dir: str | Path, paths: list[str | Path], top_k: int = 1) -> lis
     return predict_files(model, config["classes"], paths, top_k=top_k)
 
 
+def export(run_dir: str | Path, out: str | Path | None = None, fmt: str | None = None,
+           images: list[str | Path] | None = None) -> dict:
+    """The run's best model as one .onnx or .pt2 file that serves without headstart (normalisation and softmax
+    inside), checked against PyTorch on `images` (or a random batch); a `<file>.json` sidecar names the classes
+    and the resize/crop to apply. Returns the sidecar."""
+    from headstart.export import export_run
+
+    return export_run(run_dir, out, fmt, images)
+
+
 def inspect_model(name: str, strategy: str = "linear", num_classes: int | None = None, train_last: int | None = None,
                   freeze_bn: bool | None = None) -> dict:
     """The backbone's stage groups with parameter counts, what trains under `strategy`, and its head."""

@@ -245,6 +245,32 @@ def predict(
 
 @app.command()
 @friendly_errors
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    out: Path = typer.Option(None, help="The file to write: .onnx or .pt2 (default: RUN/model.onnx)."),
+    fmt: str = typer.Option(None, "--format", help="onnx or pt2 (default: from the file name)."),
+    images: list[Path] = typer.Option(None, "--check", help="Images or folders to check the export on "
+                                      "(default: a random batch). Repeat for several."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """One file that serves the run's model without headstart (ONNX or torch.export), checked against PyTorch."""
+    from headstart.api import export as export_api
+
+    result = export_api(run, out, fmt, images or None)
+    if as_json:
+        print_json(result)
+        return
+    check, shape = result["check"], result["input"]["shape"]
+    console.print(f"wrote [bold]{result['path']}[/] ({result['format']}, {len(result['classes'])} classes) "
+                  f"and {result['sidecar']}")
+    console.print(f"  input '{result['input']['name']}': float32 {' x '.join(map(str, shape))} RGB in [0, 1] "
+                  f"after {result['input']['preprocessing']}; outputs: logits, probabilities")
+    console.print(f"  checked on {check['inputs']}: max logit difference {check['max_logit_difference']:.1e}, "
+                  f"top-1 agreement {check['top1_agreement']:.0%}")
+
+
+@app.command()
+@friendly_errors
 def inspect(
     model: str = typer.Argument("efficientnet_lite0"),
     strategy: str = typer.Option("linear"),

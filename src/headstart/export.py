@@ -1,0 +1,192 @@
+"""A run directory -> one file that serves predictions without headstart: ONNX, or a torch.export program.
+
+The exported graph holds everything between pixels and class scores that must match training exactly:
+normalisation with the model's own mean/std, the backbone, the fine-tuned head and a softmax. It does not hold
+the geometry (resize the shorter side to `resize_to`, centre-crop `image_size`), because that belongs to the
+image decoder of the serving side; the sidecar `<file>.json` beside it spells it out, with the class names.
+
+    input   images          float32  N x 3 x S x S   RGB in [0, 1], any N
+    outputs logits          float32  N x C
+            probabilities   float32  N x C           (softmax of the logits)
+
+Every export is loaded back from disk and checked against the PyTorch model on the same inputs (real images
+when given, else a fixed random batch): the largest logit difference and the top-1 agreement go into the
+sidecar, and an export that disagrees is deleted rather than shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from headstart import __version__
+from headstart.backbones import StagedModel
+from headstart.errors import HeadstartError
+from headstart.images import UnreadableImage, read_rgb
+from headstart.runs import RUN_FILE, atomic_write_text, load_run
+from headstart.transforms import Preprocessing, eval_transform, to_store
+
+FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
+INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probabilities")
+MAX_LOGIT_DIFFERENCE = 1e-3  # float32 through another runtime: ~1e-5 is typical, 1e-3 means something is wrong
+ONNX_OPSET = 18
+
+
+class Deployable(nn.Module):
+    """The fine-tuned model with its normalisation in front and a softmax behind: float RGB in [0, 1] in."""
+
+    def __init__(self, model: StagedModel):
+        super().__init__()
+        self.model = model
+        pre = model.preprocessing
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model((images - self.mean) / self.std)
+        return logits, logits.softmax(dim=1)
+
+
+def export_format(out: Path, fmt: str | None) -> str:
+    """The format asked for, or the one the file name says (.onnx, .pt2)."""
+    if fmt is None:
+        fmt = FORMATS.get(out.suffix.lower())
+        if fmt is None:
+            raise HeadstartError(f"{out}: name the file .onnx or .pt2, or say --format onnx|pt2")
+    if fmt not in FORMATS.values():
+        raise HeadstartError(f"unknown export format '{fmt}': choose onnx or pt2")
+    return fmt
+
+
+def sidecar_path(out: Path) -> Path:
+    """model.onnx -> model.onnx.json (never run.json or config.json, even inside a run directory)."""
+    return out.with_name(out.name + ".json")
+
+
+def check_inputs(pre: Preprocessing, images: list[Path] | None, n_random: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """The batch both models run on: `images` preprocessed exactly as `headstart predict` does (unreadable ones
+    skipped), or a fixed random batch. Returns float RGB in [0, 1] and where each row came from."""
+    if images:
+        from headstart.evaluate import images_to_predict
+
+        rows, names = [], []
+        for path in images_to_predict(images):
+            try:
+                pixels = torch.from_numpy(np.array(to_store(read_rgb(path), pre))).permute(2, 0, 1)
+                rows.append(eval_transform(pre)(pixels))
+                names.append(str(path))
+            except UnreadableImage:
+                continue
+        if not rows:
+            raise HeadstartError("none of the check images could be read")
+        return torch.stack(rows).float() / 255.0, names
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.rand(n_random, 3, pre.image_size, pre.image_size, generator=generator)
+    return batch, [f"random {i}" for i in range(n_random)]
+
+
+def _onnx_modules():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise HeadstartError(f"ONNX export needs the export extra ({e.name} is missing): "
+                             "pip install 'headstart[export]'") from None
+    return onnxruntime
+
+
+def write_onnx(module: Deployable, example: torch.Tensor, out: Path) -> None:
+    """One self-contained .onnx file (weights inside, not beside it), any batch size."""
+    _onnx_modules()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(module, (example,), str(out), dynamo=True, external_data=False, opset_version=ONNX_OPSET,
+                      input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                      dynamic_shapes={"images": {0: batch}}, verbose=False)
+
+
+def run_onnx(path: Path, images: torch.Tensor) -> np.ndarray:
+    onnxruntime = _onnx_modules()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images.numpy()})[0]
+
+
+def write_pt2(module: Deployable, example: torch.Tensor, out: Path) -> None:
+    """A torch.export program: loads with `torch.export.load(path).module()`, no headstart or timm needed."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(module, (example,), dynamic_shapes={"images": {0: batch}})
+    torch.export.save(program, str(out))
+
+
+def run_pt2(path: Path, images: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.export.load(str(path)).module()(images)[0].numpy()
+
+
+WRITERS = {"onnx": (write_onnx, run_onnx), "pt2": (write_pt2, run_pt2)}
+
+
+def parity(reference: torch.Tensor, exported: np.ndarray) -> dict:
+    """How far the exported file's logits are from PyTorch's on the same inputs."""
+    exported = torch.from_numpy(np.asarray(exported, dtype=np.float32))
+    return {"max_logit_difference": float((exported - reference).abs().max()),
+            "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).float().mean()),
+            "n": int(len(reference))}
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | None = None,
+               images: list[str | Path] | None = None) -> dict:
+    """Export the run's best weights to `out` (default: <run>/model.onnx) and write the sidecar JSON beside it.
+    Returns the sidecar's content."""
+    run_dir = Path(run_dir)
+    model, config = load_run(run_dir)
+    out = Path(out) if out is not None else run_dir / "model.onnx"
+    fmt = export_format(out, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    pre = model.preprocessing
+    module = Deployable(model).eval()
+    batch, sources = check_inputs(pre, [Path(p) for p in images] if images else None)
+
+    write, run = WRITERS[fmt]
+    t0 = time.perf_counter()
+    tmp = out.with_name(f"{out.stem}.partial{out.suffix}")  # never a half-written file under the real name
+    write(module, batch[:2].clone(), tmp)  # a clone: a view would drag the whole check batch into a .pt2
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        reference = module(batch)[0]
+    check = parity(reference, run(tmp, batch))
+    check["inputs"] = (f"{len(sources)} images ({', '.join(Path(s).name for s in sources[:3])}"
+                       f"{', …' if len(sources) > 3 else ''})" if images else f"{len(sources)} random images")
+    if not check["max_logit_difference"] <= MAX_LOGIT_DIFFERENCE:  # (`not <=` also catches NaN)
+        tmp.unlink(missing_ok=True)
+        raise HeadstartError(f"the {fmt} export disagrees with the PyTorch model (max logit difference "
+                             f"{check['max_logit_difference']:.2e}, top-1 agreement {check['top1_agreement']:.0%}); "
+                             "nothing was written")
+    tmp.replace(out)
+
+    run_info = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
+    sidecar = {
+        "file": out.name, "format": fmt, "classes": config["classes"],
+        "input": {"name": INPUT_NAME, "shape": ["N", 3, pre.image_size, pre.image_size], "dtype": "float32",
+                  "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
+                  "preprocessing": f"resize the shorter side to {pre.store_size} px ({pre.interpolation}), "
+                                   f"centre-crop {pre.image_size} x {pre.image_size}, divide by 255",
+                  "resize_to": pre.store_size, "interpolation": pre.interpolation, "image_size": pre.image_size,
+                  "normalisation_inside": {"mean": list(pre.mean), "std": list(pre.std)}},
+        "outputs": [{"name": OUTPUT_NAMES[0], "shape": ["N", len(config["classes"])]},
+                    {"name": OUTPUT_NAMES[1], "shape": ["N", len(config["classes"])]}],
+        "check": check,
+        "source": {"run": str(run_dir), "model": config["model"], "strategy": config["strategy"]["name"],
+                   "best_val_accuracy": run_info.get("best_val_accuracy"), "epoch": config.get("epoch")},
+        "export_seconds": round(seconds, 2),
+        "versions": {"headstart": __version__, "torch": torch.__version__,
+                     **({"opset": ONNX_OPSET} if fmt == "onnx" else {})},
+    }
+    atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
+    return {**sidecar, "path": str(out), "sidecar": str(sidecar_path(out))}

@@ -1,0 +1,99 @@
+"""Export: one file that predicts what `headstart predict` predicts, without headstart, at any batch size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from headstart.api import export, predict, train
+from headstart.cli import app
+from headstart.errors import HeadstartError
+from headstart.train import TrainConfig
+
+from conftest import needs_shared
+from helpers import TINY
+
+
+@pytest.fixture
+def run_dir(image_folder, tmp_path):
+    train(image_folder, TrainConfig(model=TINY, strategy="partial", epochs=2, num_workers=0, use_cache=False),
+          tmp_path / "run")
+    return tmp_path / "run"
+
+
+def preprocess_as_the_sidecar_says(path, sidecar: dict) -> np.ndarray:
+    """What a serving side without headstart does: PIL resize + centre crop + /255, from the sidecar alone."""
+    spec = sidecar["input"]
+    img = Image.open(path).convert("RGB")
+    scale = spec["resize_to"] / min(img.size)
+    w, h = max(spec["resize_to"], round(img.width * scale)), max(spec["resize_to"], round(img.height * scale))
+    img = img.resize((w, h), Image.BICUBIC, reducing_gap=3.0)
+    s = spec["image_size"]
+    left, top = (w - s) // 2, (h - s) // 2
+    img = img.crop((left, top, left + s, top + s))
+    return (np.asarray(img, dtype=np.float32) / 255.0).transpose(2, 0, 1)
+
+
+def test_onnx_export_predicts_what_headstart_predicts(run_dir, image_folder):
+    ort = pytest.importorskip("onnxruntime")
+    result = export(run_dir)
+    assert result["path"] == str(run_dir / "model.onnx") and (run_dir / "model.onnx.json").is_file()
+    sidecar = json.loads((run_dir / "model.onnx.json").read_text())
+    assert sidecar["classes"] == ["blue", "red"] and sidecar["check"]["max_logit_difference"] < 1e-4
+
+    files = sorted((image_folder / "val").rglob("*.png"))
+    batch = np.stack([preprocess_as_the_sidecar_says(f, sidecar) for f in files])
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits, probabilities = session.run(["logits", "probabilities"], {"images": batch})
+    expected = predict(run_dir, files)
+    assert [sidecar["classes"][i] for i in probabilities.argmax(1)] == [r["label"] for r in expected]
+    np.testing.assert_allclose(probabilities.max(1), [r["probability"] for r in expected], atol=1e-4)
+    np.testing.assert_allclose(probabilities, torch.from_numpy(logits).softmax(1).numpy(), atol=1e-6)
+
+
+def test_pt2_export_runs_any_batch_size_without_headstart(run_dir):
+    export(run_dir, run_dir / "model.pt2")
+    program = torch.export.load(str(run_dir / "model.pt2")).module()  # plain torch: no headstart, no timm
+    size = json.loads((run_dir / "model.pt2.json").read_text())["input"]["image_size"]
+    for n in (1, 5):
+        logits, probabilities = program(torch.rand(n, 3, size, size))
+        assert logits.shape == probabilities.shape == (n, 2)
+        assert torch.allclose(probabilities.sum(1), torch.ones(n), atol=1e-5)
+
+
+def test_an_export_that_disagrees_with_pytorch_is_not_written(run_dir, monkeypatch):
+    from headstart import export as export_module
+
+    write, _ = export_module.WRITERS["pt2"]
+    wrong = lambda path, images: np.zeros((len(images), 2), dtype=np.float32) + 5.0  # noqa: E731
+    monkeypatch.setitem(export_module.WRITERS, "pt2", (write, wrong))
+    with pytest.raises(HeadstartError, match="disagrees"):
+        export(run_dir, run_dir / "model.pt2")
+    assert not list(run_dir.glob("model*.pt2*"))
+
+
+@pytest.mark.parametrize("target, message", [("model.h5", "name the file .onnx or .pt2"), (None, "not a run directory")])
+def test_bad_export_requests_say_what_to_do(run_dir, tmp_path, target, message):
+    result = CliRunner().invoke(app, ["export", str(run_dir if target else tmp_path / "nope"),
+                                      *(["--out", str(tmp_path / target)] if target else [])])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_lite0_with_tf_same_padding_exports_to_onnx_and_agrees_on_real_photos(tmp_path):
+    """TensorFlow "same" padding is computed from the input size in Python: the exported graph must fix it
+    for the model's size and still give headstart's own predictions on real photos."""
+    pytest.importorskip("onnxruntime")
+    data = needs_shared("hymenoptera")
+    train(data, TrainConfig(strategy="linear", epochs=1, image_size=64, num_workers=0), tmp_path / "run",
+          per_class=8)
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--check", str(data / "val" / "ants"),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.stdout)["check"]
+    assert check["n"] >= 60 and check["top1_agreement"] == 1.0 and check["max_logit_difference"] < 1e-3
