@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from headstart import __version__
+from headstart import __version__, engine
 from headstart.backbones import StagedModel, count_params, load_backbone
 from headstart.cache import decode_images
 from headstart.console import console, info, warn, warn_skipped
@@ -80,12 +80,17 @@ def environment() -> dict:
 
 def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: str | Path | None = None, *,
           val_fraction: float = 0.2, classes: list[str] | None = None, per_class: int | None = None,
-          data_seed: int = 0, command: str | None = None) -> dict:
+          data_seed: int = 0, command: str | None = None) -> dict | None:
     """Fine-tune `cfg.model` on `data` with `cfg.strategy`; write the run directory `out`; return run.json.
 
     The split and the subsample follow `data_seed`, not `cfg.seed`: runs that differ only in their seed see
-    the same images, so their spread measures the training's randomness, not the data's."""
+    the same images, so their spread measures the training's randomness, not the data's.
+    With `cfg.devices` > 1 the engine starts that many processes here, each running the calling program from
+    its start (a script or the CLI, not a notebook); the first writes the run and returns run.json, the others
+    return None."""
     cfg = cfg or TrainConfig()
+    fabric = engine.start(cfg.device, cfg.devices)
+    first = fabric.is_global_zero
     strategy = resolve_strategy(cfg)
     splits = data if isinstance(data, DataSplits) else load_data(
         data, val_fraction=val_fraction, seed=data_seed, classes=classes, per_class=per_class)
@@ -94,23 +99,27 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
 
     preflight(splits)  # issue #4: the fast part of `headstart check` (counts, imbalance, duplicates, leakage)
     out = Path(out or Path("runs") / f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    if first:
+        out.mkdir(parents=True, exist_ok=True)
 
     model = build_model(cfg, strategy, len(splits.classes))
-    train_split = decode_split(splits.train, model, cfg, "train")
-    val_split = decode_split(splits.val, model, cfg, "val")
+    with fabric.rank_zero_first():  # the first process decodes into the cache, the others read what it wrote
+        train_split = decode_split(splits.train, model, cfg, "train")
+        val_split = decode_split(splits.val, model, cfg, "val")
     _suggest_size(cfg, model, splits.train)
     info(f"data: {splits.source} · {len(train_split)} train / {len(val_split)} val images · "
          f"{len(splits.classes)} classes · {model.preprocessing.image_size}px · weights: {model.weights}")
     print_plan(model, strategy)
-    monitor = forgetting_monitor(cfg, strategy, model, train_split)
+    monitor = forgetting_monitor(cfg, strategy, model, train_split) if first else None
 
     config = {"model": cfg.model, "classes": splits.classes, "preprocessing": model.preprocessing.to_dict(),
               "strategy": strategy.to_dict(), "train": cfg.to_dict(), "weights": model.weights,
               "data": splits.source, "per_class": per_class, "data_seed": data_seed, "n_train": len(train_split), "command": command, "environment": environment()}
     result = fit(model, strategy, train_split, val_split, cfg,
                  on_checkpoint=lambda state, epoch: save_checkpoint(out, state, {**config, "epoch": epoch}),
-                 on_epoch=lambda history: write_history(out / HISTORY_FILE, history), monitor=monitor)
+                 on_epoch=lambda history: write_history(out / HISTORY_FILE, history), monitor=monitor, fabric=fabric)
+    if not first:
+        return None
     if not result.history:
         raise HeadstartError("stopped before the first epoch finished: nothing to save")
     run = finish_run(out, model, result, strategy, splits, val_split, config)
@@ -166,6 +175,7 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
         "n_train": config["n_train"], "n_val": int(len(labels)), "interrupted": result.interrupted,
         "stopped_early": result.stopped_early, "seed": config["train"]["seed"],
         "image_size": model.preprocessing.image_size, "weights": model.weights,
+        "devices": config["train"].get("devices", 1),
         "val_metrics": metrics, "environment": config["environment"],
     }
     write_json(out / RUN_FILE, run)

@@ -82,6 +82,8 @@ def train(
     cache_dir: Path = typer.Option(None, help="Cache folder (default $HEADSTART_CACHE or ~/.cache/headstart)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Bypass the on-disk caches."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    devices: int = typer.Option(1, help="Data-parallel processes, one per GPU (Lightning Fabric DDP); --batch-size "
+                                        "stays the global batch."),
     as_json: bool = typer.Option(False, "--json", help="Print run.json to stdout."),
     freeze_bn: bool = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every BatchNorm's pretrained statistics, "
                                    "trained groups too (the default of pretrained strategies), or let trained groups "
@@ -99,11 +101,11 @@ def train(
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, views=views,
                       patience=patience or None, seed=seed, image_size=image_size,
                       weights=str(weights) if weights else None, cache_dir=str(cache_dir) if cache_dir else None,
-                      use_cache=not no_cache, device=device, l2sp=l2sp, monitor_folder=monitor_folder,
+                      use_cache=not no_cache, device=device, devices=devices, l2sp=l2sp, monitor_folder=monitor_folder,
                       freeze_bn=freeze_bn)
     run = train_run(data, cfg, out, val_fraction=val_fraction, classes=split_list(classes), per_class=per_class,
                     data_seed=data_seed, command=shlex.join(["headstart", *sys.argv[1:]]))
-    if as_json:
+    if as_json and run is not None:  # (None in the extra processes of --devices N: the first one reports)
         print_json(run)
 
 

@@ -3,8 +3,11 @@
     for epoch:
         trainable = strategy's groups for this epoch        (phases: linear, partial, gradual, lp-ft ...)
         requires_grad and BN mode follow it                 (frozen BatchNorm stays in eval mode)
-        if the frozen prefix changed: recompute its cached activations
+        if the frozen prefix changed: recompute its cached activations, wrap the model anew for the engine
         train_one_epoch -> evaluate -> history row -> best checkpoint -> early stopping
+
+The engine (`engine.py`, Lightning Fabric) decides where this runs: one device, or N data-parallel processes,
+each on its shard of the training images; the loop reads the same either way.
 
 Batches are either uint8 images (normalised here, on the device, then pushed through the frozen prefix
 without a graph) or cached prefix activations; `forward_batch` tells them apart by dtype.
@@ -23,7 +26,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from headstart.backbones import StagedModel, count_params
+from headstart import engine
 from headstart.console import console, info
+from headstart.engine import pick_device  # noqa: F401  (re-exported: evaluate, api and the analysis use it)
 from headstart.features import inference_batch_size, prefix_activations
 from headstart.progress import progress_bar
 from headstart.strategies import (
@@ -62,6 +67,7 @@ class TrainConfig:
     cache_dir: str | None = None
     use_cache: bool = True
     device: str = "auto"
+    devices: int = 1  # > 1: data-parallel processes (Lightning Fabric DDP); batch_size stays the global batch
     num_workers: int | None = None
     # issue #4 (analysis): forgetting
     l2sp: float = 0.0  # > 0: alpha of the L2-SP penalty alpha/2 ||w - w0||^2 on trainable backbone weights
@@ -128,12 +134,6 @@ class ViewsDataset(Dataset):
         return self.views[self.choice[i], i], self.labels[i]
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def default_workers(augment: str) -> int:
     """Augmentation runs in worker processes only when there is a core to spare for it."""
     if augment == "none":
@@ -169,14 +169,15 @@ def first_trainable_stage(model: StagedModel, trainable: list[str]) -> int:
     return len(model.stage_names)
 
 
-def forward_batch(model: StagedModel, x: torch.Tensor, start: int, pre: Preprocessing) -> torch.Tensor:
-    """Logits for a batch of uint8 images or of cached prefix activations (told apart by dtype)."""
+def forward_batch(model: StagedModel, x: torch.Tensor, start: int, pre: Preprocessing, net=None) -> torch.Tensor:
+    """Logits for a batch of uint8 images or of cached prefix activations (told apart by dtype). `net` is the
+    model as the engine wrapped it for training (DDP); the frozen prefix runs on the bare model, outside it."""
     if x.dtype == torch.uint8:
         x = normalize_batch(x, pre)
         if start > 0:
             with torch.no_grad():  # the frozen prefix: no graph, no activations kept for backward
                 x = model.forward_to(x, start)
-    return model(x, start=start)
+    return (net if net is not None else model)(x, start=start)
 
 
 def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
@@ -206,18 +207,20 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {g["group"]: g["lr"] for g in optimizer.param_groups}
 
 
-def train_one_epoch(model, batches, start, pre, optimizer, scheduler, device, label_smoothing, bar=None, task=None,
+def train_one_epoch(model, net, batches, start, pre, optimizer, scheduler, fabric, label_smoothing, bar=None, task=None,
                     penalty=None):
-    """One pass over `batches`. `penalty()` (e.g. L2-SP) is added to the loss that is minimised; the reported
-    loss is the cross-entropy alone, so runs with and without it compare."""
+    """One pass over this process's `batches`; returns loss and accuracy over every process's images.
+    `penalty()` (e.g. L2-SP) is added to the loss that is minimised; the reported loss is the cross-entropy
+    alone, so runs with and without it compare."""
+    device = fabric.device
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = forward_batch(model, x, start, pre)
+            logits = forward_batch(model, x, start, pre, net)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        (loss + penalty() if penalty is not None else loss).backward()
+        fabric.backward(loss + penalty() if penalty is not None else loss)  # with N processes: gradients averaged
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(y)
@@ -225,6 +228,7 @@ def train_one_epoch(model, batches, start, pre, optimizer, scheduler, device, la
         seen += len(y)
         if bar is not None:
             bar.update(task, advance=len(y), description=f"  train loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
+    total_loss, correct, seen = engine.sum_over_processes(fabric, total_loss, correct, seen)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
@@ -251,22 +255,27 @@ def fit(
     on_checkpoint=None,
     on_epoch=None,
     monitor=None,
+    fabric=None,
 ) -> FitResult:
     """Train `model` under `strategy`; keep the best-on-val weights. Ctrl-C stops cleanly after the batch.
 
     `on_checkpoint(state, epoch)` is called whenever val accuracy improves (the run directory saves it at
     once, so an interruption or a crash loses nothing); `on_epoch(history)` after every epoch.
     `monitor(model, epoch) -> dict` (e.g. `analysis.drift.ForgettingMonitor`) runs after evaluation; its values
-    join the epoch's history row.
+    join the epoch's history row. With several processes (`cfg.devices`), only the first calls the callbacks.
+    `fabric` is the engine that `api.train` started (default: one device, `cfg.device`).
     """
-    device = pick_device(cfg.device)
+    fabric = fabric or engine.start(cfg.device)
+    device = fabric.device
     pre = model.preprocessing
     model.to(device).to(memory_format=torch.channels_last)
     epochs = cfg.epochs or strategy.epochs
     augment = cfg.augment or strategy.augment
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, strategy, cfg.weight_decay))
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    batch_size = math.ceil(cfg.batch_size / fabric.world_size)  # per process: the global batch stays cfg.batch_size
+    steps_per_epoch = math.ceil(math.ceil(len(train) / fabric.world_size) / batch_size)
+    first = fabric.is_global_zero  # the process that writes and reports
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers(augment)
     last_phase_start = max(p.start_epoch for p in strategy.phases_for(len(model.stage_names)))
@@ -303,11 +312,16 @@ def fit(
         if train_acts is not None:
             dataset = (ViewsDataset(train_acts, train.labels, generator) if views
                        else TensorDataset(train_acts, train.labels))
-            return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator), val_batches
-        dataset = PixelDataset(train.pixels, train.labels, train_transform(pre, augment))
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                            num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
-        return loader, val_batches
+            sampler = engine.shard_sampler(dataset, fabric, cfg.seed)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                                generator=generator)
+        else:
+            dataset = PixelDataset(train.pixels, train.labels, train_transform(pre, augment))
+            sampler = engine.shard_sampler(dataset, fabric, cfg.seed)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                                generator=generator, num_workers=workers, persistent_workers=workers > 0,
+                                pin_memory=device.type == "cuda")
+        return fabric.setup_dataloaders(loader, use_distributed_sampler=False), val_batches
 
     try:
         with progress_bar(transient=True) as bar:
@@ -318,7 +332,10 @@ def fit(
                     trainable = now
                     apply_trainable(model, trainable)
                     start = first_trainable_stage(model, trainable)
-                    train_batches, val_batches = loaders(start)
+                    with fabric.rank_zero_first():  # the first process fills the feature cache, the others read it
+                        train_batches, val_batches = loaders(start)
+                    net = None  # drop the old wrapper: DDP must be rebuilt to see the groups that train now
+                    net = fabric.setup_module(model)
                     info(f"epoch {epoch + 1}: training {', '.join(trainable)} "
                          f"({count_params(model, trainable_only=True):,} parameters); frozen prefix: {start} stage groups")
                 if isinstance(train_batches.dataset, ViewsDataset):
@@ -326,9 +343,9 @@ def fit(
                 t0 = time.perf_counter()
                 set_train_mode(model, trainable, strategy)
                 lrs = group_lrs(optimizer)
-                batch_task = bar.add_task("  train", total=len(train))
-                train_loss, train_acc = train_one_epoch(model, train_batches, start, pre, optimizer, scheduler,
-                                                        device, cfg.label_smoothing, bar, batch_task, penalty)
+                batch_task = bar.add_task("  train", total=math.ceil(len(train) / fabric.world_size))
+                train_loss, train_acc = train_one_epoch(model, net, train_batches, start, pre, optimizer, scheduler,
+                                                        fabric, cfg.label_smoothing, bar, batch_task, penalty)
                 bar.remove_task(batch_task)
                 logits, labels = predict_batches(model, val_batches, start, pre, device)
                 val_loss = F.cross_entropy(logits, labels).item()
@@ -337,7 +354,7 @@ def fit(
                        "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
                        "trainable": "+".join(trainable),
                        **{f"lr_{g}": (lrs[g] if g in trainable else 0.0) for g in model.group_names}}
-                if monitor is not None:
+                if monitor is not None and first:
                     row.update(monitor(model, epoch + 1))
                 history.append(row)
                 improved = val_acc > best_acc
@@ -345,7 +362,7 @@ def fit(
                     best_acc, best_epoch, stale = val_acc, epoch + 1, 0
                     best_logits, best_labels = logits, labels
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    if on_checkpoint:
+                    if on_checkpoint and first:
                         on_checkpoint(best_state, epoch + 1)
                 else:
                     stale += 1
@@ -353,7 +370,7 @@ def fit(
                               f"val loss {val_loss:.3f} acc {val_acc:.3f}{'  *' if improved else ''}  "
                               f"({row['seconds']:.1f}s)")
                 bar.advance(epoch_task)
-                if on_epoch:
+                if on_epoch and first:
                     on_epoch(history)
                 if cfg.patience and stale >= cfg.patience and epoch + 1 > last_phase_start:
                     stopped_early = True
@@ -362,5 +379,7 @@ def fit(
     except KeyboardInterrupt:
         interrupted = True
         console.print("[bold]interrupted[/]: keeping the best checkpoint so far")
+    if not interrupted:
+        engine.check_replicas_agree(fabric, model)
     return FitResult(history, best_epoch, best_acc, best_state, interrupted, time.perf_counter() - t_start, stopped_early,
                      val_logits=best_logits, val_labels=best_labels)

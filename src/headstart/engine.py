@@ -1,0 +1,101 @@
+"""Where the training loop runs: one device, or several processes with data parallelism (Lightning Fabric).
+
+headstart does not write its own distributed machinery. Lightning Fabric starts the processes (it re-runs the
+same command once per extra device), sets up the process group, puts each process on its device and wraps the
+model in DistributedDataParallel; the loop in `train.py` stays a plain loop that calls `fabric.backward(loss)`
+where it would call `loss.backward()`. With one device (the default) Fabric only places the model and the
+batches, and a run is the same run it would be without it.
+
+What data parallelism means here, in words:
+- `batch_size` stays the *global* batch: each of N processes takes batch_size / N images per step, so the
+  number of steps, the learning-rate schedule and the recipe are the same on 1 GPU or 8.
+- Each process sees its own shard of the training images every epoch (a DistributedSampler seeded with the
+  run's seed); every process evaluates the whole (small) validation set, so they all take the same decisions
+  (best epoch, early stopping) without talking to each other.
+- When a phase unfreezes more groups, the model is wrapped anew: DDP only synchronises the gradients of
+  parameters that were trainable when it was built (a frozen-then-unfrozen group would silently drift apart
+  between processes otherwise). `check_replicas_agree` proves it at the end of every multi-process run.
+- Only the first process writes files and prints.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from headstart.console import console
+from headstart.errors import HeadstartError
+
+_STARTED: dict[tuple, object] = {}  # one launch per process: Fabric re-runs the command, it must not do so twice
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def start(device: str = "auto", devices: int = 1):
+    """A launched Fabric for `devices` processes on `device`'s kind of accelerator (cached per process).
+
+    With devices > 1 this call starts the other processes, each running the same command from the start; in
+    each, it returns that process's Fabric. Processes other than the first stop printing."""
+    from lightning_fabric import Fabric
+
+    key = (device, devices)
+    if key in _STARTED:
+        return _STARTED[key]
+    if devices < 1:
+        raise HeadstartError("--devices must be at least 1")
+    dev = pick_device(device)
+    if devices > 1:
+        if dev.type == "cuda" and torch.cuda.device_count() < devices:
+            raise HeadstartError(f"--devices {devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        if dev.type not in ("cuda", "cpu"):
+            raise HeadstartError(f"--devices {devices} runs on CUDA GPUs (or CPU processes for testing), not {dev.type}")
+        fabric = Fabric(accelerator=dev.type, devices=devices, strategy="ddp", precision="32-true")
+    else:
+        index = [dev.index] if dev.type == "cuda" and dev.index is not None else 1
+        fabric = Fabric(accelerator=dev.type, devices=index, precision="32-true")
+    fabric.launch()
+    if fabric.world_size > 1:
+        if dev.type == "cpu":  # N processes share the cores instead of each taking all of them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // fabric.world_size))
+        if not fabric.is_global_zero:
+            console.quiet = True
+    _STARTED[key] = fabric
+    return fabric
+
+
+def shard_sampler(dataset, fabric, seed: int):
+    """This process's share of the training set, reshuffled every epoch (Fabric calls set_epoch); None with
+    one process, where the DataLoader shuffles with the run's own generator as it always has."""
+    if fabric.world_size == 1:
+        return None
+    from torch.utils.data import DistributedSampler
+
+    return DistributedSampler(dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=True, seed=seed)
+
+
+def sum_over_processes(fabric, *values: float) -> list[float]:
+    """Per-process sums (loss, correct, seen) added up over every process: the epoch's figures on all images."""
+    total = torch.tensor(values, dtype=torch.float64, device=fabric.device)
+    if fabric.world_size > 1:
+        total = fabric.all_reduce(total, reduce_op="sum")
+    return total.tolist()
+
+
+def check_replicas_agree(fabric, model: torch.nn.Module) -> None:
+    """Every process must end with the same weights; if not, data parallelism went wrong (e.g. a group that
+    unfroze without DDP knowing) and the run is not to be trusted."""
+    if fabric.world_size == 1:
+        return
+    from torch.distributed import ReduceOp
+
+    with torch.no_grad():
+        fingerprint = torch.stack([p.double().sum() for p in model.parameters()]).to(fabric.device)
+    highest = fabric.all_reduce(fingerprint.clone(), reduce_op=ReduceOp.MAX)
+    lowest = fabric.all_reduce(fingerprint.clone(), reduce_op=ReduceOp.MIN)
+    if not torch.equal(highest, lowest):
+        raise RuntimeError("the processes ended with different weights: data-parallel training went wrong")

@@ -1,0 +1,50 @@
+"""The engine: several data-parallel processes (Lightning Fabric DDP, here on CPU with gloo) train one model
+with the same recipe as one process; a group that unfreezes mid-run stays in sync across processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from headstart.api import train
+from headstart.engine import start
+from headstart.errors import HeadstartError
+from headstart.train import TrainConfig
+
+from helpers import TINY
+
+
+def history(run_dir) -> list[dict]:
+    return list(csv.DictReader(open(run_dir / "history.csv")))
+
+
+def test_two_processes_train_one_model_on_the_same_schedule_as_one(image_folder, tmp_path):
+    # lp-ft unfreezes every group in epoch 3: DDP must be rebuilt then, or the processes' weights drift apart
+    # (fit ends by comparing them across processes and fails the run if they differ)
+    args = ["--model", TINY, "--strategy", "lp-ft", "--epochs", "3", "--batch-size", "4", "--no-cache", "--device", "cpu"]
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "headstart.cli", "train", str(image_folder), *args, "--devices", "2",
+                           "--json"], capture_output=True, text=True, timeout=300, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(proc.stdout)  # one report on stdout, from the first process only
+    assert run["devices"] == 2 and run["epochs"] == 3
+    made = list((work / "runs").iterdir())  # one run directory, though each process could name its own
+    assert len(made) == 1 and (made[0] / "model.safetensors").is_file()
+
+    train(image_folder, TrainConfig(model=TINY, strategy="lp-ft", epochs=3, batch_size=4, use_cache=False,
+                                    device="cpu", num_workers=0), tmp_path / "one")
+    two, one = history(made[0]), history(tmp_path / "one")
+    lr_columns = [k for k in one[0] if k.startswith("lr_")]
+    # batch_size is the global batch: the same steps per epoch, so the same learning rate in every group and epoch
+    assert [{k: r[k] for k in lr_columns} for r in two] == [{k: r[k] for k in lr_columns} for r in one]
+    assert [r["trainable"] for r in two] == [r["trainable"] for r in one]
+
+
+def test_more_devices_than_the_machine_has_is_refused():
+    with pytest.raises(HeadstartError, match="GPU"):
+        start("cuda", 64)
