@@ -70,7 +70,7 @@ def test_an_export_that_disagrees_with_pytorch_is_not_written(run_dir, monkeypat
     from headstart import export as export_module
 
     write, _ = export_module.WRITERS["pt2"]
-    wrong = lambda path, images: np.zeros((len(images), 2), dtype=np.float32) + 5.0  # noqa: E731
+    wrong = lambda path: lambda images: np.zeros((len(images), 2), dtype=np.float32) + 5.0  # noqa: E731
     monkeypatch.setitem(export_module.WRITERS, "pt2", (write, wrong))
     with pytest.raises(HeadstartError, match="disagrees"):
         export(run_dir, run_dir / "model.pt2")

@@ -34,6 +34,8 @@ from headstart.transforms import Preprocessing, eval_transform, to_store
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
 INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probabilities")
 MAX_LOGIT_DIFFERENCE = 1e-3  # float32 through another runtime: ~1e-5 is typical, 1e-3 means something is wrong
+MAX_CHECK_IMAGES = 256  # enough to catch a wrong graph; more would only cost memory (N x 3 x S x S floats)
+CHECK_BATCH = 32
 ONNX_OPSET = 18
 
 
@@ -68,14 +70,16 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def check_inputs(pre: Preprocessing, images: list[Path] | None, n_random: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """The batch both models run on: `images` preprocessed exactly as `headstart predict` does (unreadable ones
-    skipped), or a fixed random batch. Returns float RGB in [0, 1] and where each row came from."""
+def parity_inputs(pre: Preprocessing, images: list[Path] | None, n_random: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """What both models run on: `images` (the first MAX_CHECK_IMAGES readable ones) preprocessed exactly as
+    `headstart predict` does, or a fixed random batch. Returns float RGB in [0, 1] and where each row came from."""
     if images:
         from headstart.evaluate import images_to_predict
 
         rows, names = [], []
         for path in images_to_predict(images):
+            if len(rows) == MAX_CHECK_IMAGES:
+                break
             try:
                 pixels = torch.from_numpy(np.array(to_store(read_rgb(path), pre))).permute(2, 0, 1)
                 rows.append(eval_transform(pre)(pixels))
@@ -110,10 +114,11 @@ def write_onnx(module: Deployable, example: torch.Tensor, out: Path) -> None:
                       dynamic_shapes={"images": {0: batch}}, verbose=False)
 
 
-def run_onnx(path: Path, images: torch.Tensor) -> np.ndarray:
+def load_onnx(path: Path):
+    """The file as ONNX Runtime serves it: images -> logits."""
     onnxruntime = _onnx_modules()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images.numpy()})[0]
+    return lambda images: session.run([OUTPUT_NAMES[0]], {INPUT_NAME: images.numpy()})[0]
 
 
 def write_pt2(module: Deployable, example: torch.Tensor, out: Path) -> None:
@@ -123,12 +128,18 @@ def write_pt2(module: Deployable, example: torch.Tensor, out: Path) -> None:
     torch.export.save(program, str(out))
 
 
-def run_pt2(path: Path, images: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return torch.export.load(str(path)).module()(images)[0].numpy()
+def load_pt2(path: Path):
+    """The file as plain torch loads it: images -> logits."""
+    program = torch.export.load(str(path)).module()
+
+    def logits(images: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return program(images)[0].numpy()
+
+    return logits
 
 
-WRITERS = {"onnx": (write_onnx, run_onnx), "pt2": (write_pt2, run_pt2)}
+WRITERS = {"onnx": (write_onnx, load_onnx), "pt2": (write_pt2, load_pt2)}  # format -> (write, load back)
 
 
 def parity(reference: torch.Tensor, exported: np.ndarray) -> dict:
@@ -151,16 +162,18 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | No
     model = model.float().eval()
     pre = model.preprocessing
     module = Deployable(model).eval()
-    batch, sources = check_inputs(pre, [Path(p) for p in images] if images else None)
+    batch, sources = parity_inputs(pre, [Path(p) for p in images] if images else None)
 
-    write, run = WRITERS[fmt]
+    write, load = WRITERS[fmt]
     t0 = time.perf_counter()
     tmp = out.with_name(f"{out.stem}.partial{out.suffix}")  # never a half-written file under the real name
     write(module, batch[:2].clone(), tmp)  # a clone: a view would drag the whole check batch into a .pt2
     seconds = time.perf_counter() - t0
+    chunks = batch.split(CHECK_BATCH)
     with torch.no_grad():
-        reference = module(batch)[0]
-    check = parity(reference, run(tmp, batch))
+        reference = torch.cat([module(chunk)[0] for chunk in chunks])
+    exported = load(tmp)
+    check = parity(reference, np.concatenate([exported(chunk) for chunk in chunks]))
     check["inputs"] = (f"{len(sources)} images ({', '.join(Path(s).name for s in sources[:3])}"
                        f"{', …' if len(sources) > 3 else ''})" if images else f"{len(sources)} random images")
     if not check["max_logit_difference"] <= MAX_LOGIT_DIFFERENCE:  # (`not <=` also catches NaN)
