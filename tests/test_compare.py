@@ -128,6 +128,23 @@ def test_a_finished_run_with_other_settings_is_refused(finished, data):
         compare(data, ["scratch"], [0], out, tiny_config(epochs=3, cache_dir=str(out / "cache")))
 
 
+@pytest.mark.parametrize("other_data", [dict(per_class=4), dict(val_per_class=2)])
+def test_a_finished_run_on_other_data_is_refused(finished, data, other_data):
+    """Same training settings, other images (a subsample, a smaller val set): not the same experiment."""
+    out, _ = finished
+    with pytest.raises(HeadstartError, match="other settings.*(per_class|val_files)"):
+        compare(data, ["linear"], [0], out, tiny_config(cache_dir=str(out / "cache")), **other_data)
+
+
+def test_a_finished_run_on_the_same_data_named_another_way_is_reused(finished, data, monkeypatch):
+    out, _ = finished
+    monkeypatch.chdir(data.parent)
+    trained = []
+    monkeypatch.setattr(compare_mod, "train_run", lambda *a, **k: trained.append(a))
+    compare(data.name, ["linear"], [0], out, tiny_config(cache_dir=str(out / "cache")), report=False)
+    assert trained == []  # a relative path to the same folder is the same data
+
+
 def test_bad_arguments_fail_before_training(data, tmp_path):
     with pytest.raises(HeadstartError, match="unknown strategy"):
         compare(data, ["linear", "frozen"], [0], tmp_path)

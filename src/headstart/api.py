@@ -114,7 +114,8 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
 
     config = {"model": cfg.model, "classes": splits.classes, "preprocessing": model.preprocessing.to_dict(),
               "strategy": strategy.to_dict(), "train": cfg.to_dict(), "weights": model.weights,
-              "data": splits.source, "per_class": per_class, "data_seed": data_seed, "n_train": len(train_split), "command": command, "environment": environment()}
+              "data": splits.source, "per_class": per_class, "data_seed": data_seed, "n_train": len(train_split),
+              "val_files": len(splits.val), "command": command, "environment": environment()}
     result = fit(model, strategy, train_split, val_split, cfg,
                  on_checkpoint=lambda state, epoch: save_checkpoint(out, state, {**config, "epoch": epoch}),
                  on_epoch=lambda history: write_history(out / HISTORY_FILE, history), monitor=monitor, fabric=fabric)

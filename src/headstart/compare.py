@@ -53,8 +53,22 @@ def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: s
     return replace(cfg, views=views)
 
 
-def is_finished(directory: Path, cfg: TrainConfig) -> bool:
-    """True if `directory` holds a completed run of exactly `cfg`; an error if it holds a different one."""
+def data_identity(splits: DataSplits, per_class: int | None, data_seed: int) -> dict:
+    """What makes two runs' data the same: where it came from, which classes, which subsample and split, how many
+    val images. `api.train` records the same keys in config.json."""
+    return {"data": _resolved(splits.source), "classes": list(splits.classes), "per_class": per_class,
+            "data_seed": data_seed, "val_files": len(splits.val)}
+
+
+def _resolved(source: str) -> str:
+    """A folder or CSV as an absolute path, so a run started from another working directory still matches."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source
+
+
+def is_finished(directory: Path, cfg: TrainConfig, data: dict | None = None) -> bool:
+    """True if `directory` holds a completed run of exactly `cfg` on `data` (see `data_identity`); an error if
+    it holds a different one."""
     if not (directory / RUN_FILE).is_file() or not (directory / HISTORY_FILE).is_file():
         return False
     run = read_run(directory)
@@ -63,6 +77,9 @@ def is_finished(directory: Path, cfg: TrainConfig) -> bool:
     config = json.loads((directory / CONFIG_FILE).read_text())
     done, wanted = config["train"], cfg.to_dict()
     differ = {k: (done.get(k), wanted.get(k)) for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)}
+    recorded = {**config, "data": _resolved(config.get("data", ""))}
+    differ.update({k: (recorded.get(k), v) for k, v in (data or {}).items()
+                   if k in config and recorded.get(k) != v})  # (runs older than a key are not held to it)
     # the strategy as it was resolved then: a default changed in the code since makes it another experiment
     spec = json.loads(json.dumps(resolve_strategy(cfg).to_dict()))
     if "strategy" in config and config["strategy"] != spec:
@@ -124,8 +141,9 @@ def compare(
         splits = replace(splits, val=first_per_class(splits.val, val_per_class))
 
     cells = [(s, seed) for seed in seeds for s in strategies]  # seed-major: each finished seed is a full comparison
+    data = data_identity(splits, per_class, data_seed)
     todo = [(s, seed) for s, seed in cells
-            if not is_finished(run_dir(out, s, seed), run_config(base, s, seed, epochs, augment))]
+            if not is_finished(run_dir(out, s, seed), run_config(base, s, seed, epochs, augment), data)]
     info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds = {len(cells)} runs, "
          f"{len(cells) - len(todo)} already finished · {epochs} epochs · augment {augment} · "
          f"{len(splits.train)} train / {len(splits.val)} val images")
