@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from headstart import engine
 from headstart.api import build_model, decode_split, resolve_strategy
 from headstart.data import load_data
 from headstart.strategies import apply_trainable, parameter_groups, set_train_mode, trainable_groups
@@ -45,7 +46,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    fabric = engine.start(args.device)  # one device, as `fit` runs it
+    device = fabric.device
     cfg = TrainConfig(strategy=args.strategy, image_size=args.image_size, batch_size=args.batch_size, device=args.device)
     strategy = resolve_strategy(cfg)
     splits = load_data(args.data)
@@ -55,6 +57,7 @@ def main() -> None:
     apply_trainable(model, trainable)
     start = first_trainable_stage(model, trainable)
     model.to(device).to(memory_format=torch.channels_last)
+    net = fabric.setup_module(model)
     set_train_mode(model, trainable, strategy)
     optimizer = make_optimizer("adamw", parameter_groups(model, strategy, 0.01))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -64,10 +67,10 @@ def main() -> None:
     y = torch.randint(0, 2, (args.batch_size,), device=device)
     steps = max(3, 768 // args.batch_size) if device.type == "cuda" else 2
     synthetic = [(x, y)] * steps
-    train_one_epoch(model, synthetic[:1], start, pre, optimizer, scheduler, device, 0.1)  # warm-up
+    train_one_epoch(model, net, synthetic[:1], start, pre, optimizer, scheduler, fabric, 0.1)  # warm-up
     sync(device)
     t = time.perf_counter()
-    train_one_epoch(model, synthetic, start, pre, optimizer, scheduler, device, 0.1)
+    train_one_epoch(model, net, synthetic, start, pre, optimizer, scheduler, fabric, 0.1)
     sync(device)
     raw = steps * args.batch_size / (time.perf_counter() - t)
 
@@ -81,7 +84,7 @@ def main() -> None:
         for epoch in range(args.epochs + 1):
             sync(device)
             t = time.perf_counter()
-            train_one_epoch(model, loader, start, pre, optimizer, scheduler, device, 0.1)
+            train_one_epoch(model, net, loader, start, pre, optimizer, scheduler, fabric, 0.1)
             sync(device)
             if epoch:  # the first epoch starts the workers
                 rates.append(len(loader) * args.batch_size / (time.perf_counter() - t))
