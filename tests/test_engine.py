@@ -48,3 +48,9 @@ def test_two_processes_train_one_model_on_the_same_schedule_as_one(image_folder,
 def test_more_devices_than_the_machine_has_is_refused():
     with pytest.raises(HeadstartError, match="GPU"):
         start("cuda", 64)
+
+
+def test_several_processes_from_a_notebook_are_refused_with_the_way_out(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipykernel", object())
+    with pytest.raises(HeadstartError, match="script or the headstart CLI"):
+        start("cpu", 2)

@@ -21,6 +21,7 @@ What data parallelism means here, in words:
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -49,6 +50,9 @@ def start(device: str = "auto", devices: int = 1):
     if devices < 1:
         raise HeadstartError("--devices must be at least 1")
     dev = pick_device(device)
+    if devices > 1 and "ipykernel" in sys.modules:
+        raise HeadstartError(f"--devices {devices} starts processes by running the program again: call it from a "
+                             "script or the headstart CLI, not from a notebook")
     if devices > 1:
         if dev.type == "cuda" and torch.cuda.device_count() < devices:
             raise HeadstartError(f"--devices {devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
