@@ -206,3 +206,21 @@ def test_a_finished_run_whose_strategy_defaults_changed_is_refused(finished, dat
     monkeypatch.setitem(strategies.STRATEGIES, "partial", replace(strategies.STRATEGIES["partial"], head_lr=0.5))
     with pytest.raises(HeadstartError, match="other settings.*strategy spec.*head_lr"):
         compare(data, ["partial"], [0], out, tiny_config(cache_dir=str(out / "cache")))
+
+
+def test_a_comparison_folder_stands_for_its_winners_best_run(finished, data, tmp_path):
+    from typer.testing import CliRunner
+
+    from headstart.api import evaluate, predict
+    from headstart.cli import app
+    from headstart.compare import best_run
+
+    out, summary = finished
+    best = best_run(out, summary)
+    val = sorted((data / "val" / "ants").iterdir())[:2]
+    assert predict(out, val) == predict(best, val)
+    assert evaluate(out, data) == evaluate(best, data)
+    result = CliRunner().invoke(app, ["evaluate", str(out), str(data), "--json", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("{"):])["accuracy"] == evaluate(best, data)["accuracy"]
+

@@ -208,8 +208,9 @@ def _suggest_size(cfg: TrainConfig, model: StagedModel, images: ImageSet) -> Non
 
 
 def evaluate(model_or_run: str | Path, data: str | Path, **kwargs) -> dict:
-    """A run directory: metrics of the fine-tuned model on `data` (its val/ split, or class folders).
-    A model name: its own ImageNet head's top-1/top-5 on a folder of ImageNet synset folders."""
+    """A run directory (or a comparison: its winner's best run): metrics of the fine-tuned model on `data` (its
+    val/ split, or class folders). A model name: its own ImageNet head's top-1/top-5 on ImageNet synset folders."""
+    model_or_run = _run_or_winner(model_or_run)
     if is_run_dir(model_or_run):
         model, config = load_run(model_or_run)
         folder = Path(data)
@@ -230,7 +231,8 @@ def evaluate(model_or_run: str | Path, data: str | Path, **kwargs) -> dict:
 
 
 def predict(run_dir: str | Path, paths: list[str | Path], top_k: int = 1) -> list[dict]:
-    model, config = load_run(run_dir)
+    """Top-k labels with probabilities for image files or folders, from a run (or a comparison's winner)."""
+    model, config = load_run(_run_or_winner(run_dir))
     return predict_files(model, config["classes"], paths, top_k=top_k)
 
 
@@ -241,7 +243,13 @@ def export(run_dir: str | Path, out: str | Path | None = None, fmt: str | None =
     and the resize/crop to apply. Returns the sidecar."""
     from headstart.export import export_run
 
-    return export_run(run_dir, out, fmt, images)
+    return export_run(_run_or_winner(run_dir), out, fmt, images)
+
+
+def _run_or_winner(path: str | Path) -> str | Path:
+    from headstart.compare import winner_run_dir
+
+    return winner_run_dir(path) if Path(path).is_dir() else path
 
 
 def inspect_model(name: str, strategy: str = "linear", num_classes: int | None = None, train_last: int | None = None,

@@ -178,17 +178,17 @@ def compare(
 @app.command()
 @friendly_errors
 def evaluate(
-    model_or_run: str = typer.Argument(..., help="A run directory, or a pretrained model name (ImageNet head)."),
+    model_or_run: str = typer.Argument(..., help="A run directory (or a comparison: its winner's best run), or a "
+                                                 "pretrained model name (ImageNet head)."),
     data: Path = typer.Argument(..., help="Class folders (a run) or ImageNet synset folders (a model name)."),
     as_json: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, help="Where to write confusion.png (runs only; default: the run directory)."),
 ):
     """Accuracy of a fine-tuned run on labelled data, or of a pretrained model on ImageNet folders."""
     from headstart.api import evaluate as evaluate_api
-    from headstart.runs import is_run_dir
 
     result = evaluate_api(model_or_run, data)
-    if is_run_dir(model_or_run):
+    if "confusion_matrix" in result:  # a fine-tuned run (or a comparison's winner), not an ImageNet check
         from headstart.report.plots import plot_confusion
 
         target = (out or Path(model_or_run)) / "confusion_eval.png"
@@ -215,7 +215,7 @@ def evaluate(
 @app.command()
 @friendly_errors
 def predict(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: Path = typer.Argument(..., help="Run directory (or a comparison: its winner's best run)."),
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(1, help="How many labels per image."),
     csv_path: Path = typer.Option(None, "--csv", help="Also write the predictions to this CSV."),
@@ -248,8 +248,8 @@ def predict(
 @app.command()
 @friendly_errors
 def export(
-    run: Path = typer.Argument(..., help="Run directory."),
-    out: Path = typer.Option(None, help="The file to write: .onnx or .pt2 (default: RUN/model.onnx)."),
+    run: Path = typer.Argument(..., help="Run directory (or a comparison: its winner's best run)."),
+    out: Path = typer.Option(None, help="The file to write: .onnx or .pt2 (default: model.onnx in the run)."),
     fmt: str = typer.Option(None, "--format", help="onnx or pt2 (default: from the file name)."),
     images: list[Path] = typer.Option(None, "--check", help="Images or folders to check the export on "
                                       "(default: a random batch). Repeat for several."),

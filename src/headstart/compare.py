@@ -234,3 +234,16 @@ def best_run(out: str | Path, summary: dict, strategy: str | None = None) -> Pat
     strategy = strategy or summary["winner"]
     best = max(summary["strategies"][strategy]["runs"], key=lambda r: r["val_accuracy"])
     return run_dir(Path(out), strategy, best["seed"])
+
+
+def winner_run_dir(path: str | Path) -> Path:
+    """A comparison folder stands for its winner's best run (so `predict`, `evaluate` and `export` take either);
+    anything else is returned as it is."""
+    path = Path(path)
+    if not (path / SUMMARY_FILE).is_file() or (path / CONFIG_FILE).is_file():
+        return path
+    summary = json.loads((path / SUMMARY_FILE).read_text())
+    chosen = best_run(path, summary)
+    info(f"{path} is a comparison: using its winner's best run, {chosen}")
+    return chosen
+
