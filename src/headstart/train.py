@@ -266,7 +266,7 @@ def fit(
     `fabric` is the engine that `api.train` started (default: one device, `cfg.device`).
     """
     fabric = fabric or engine.start(cfg.device)
-    device = fabric.device
+    device, first = fabric.device, fabric.is_global_zero  # `first`: the process that writes and reports
     pre = model.preprocessing
     model.to(device).to(memory_format=torch.channels_last)
     epochs = cfg.epochs or strategy.epochs
@@ -275,7 +275,6 @@ def fit(
     optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, strategy, cfg.weight_decay))
     batch_size = math.ceil(cfg.batch_size / fabric.world_size)  # per process: the global batch stays cfg.batch_size
     steps_per_epoch = math.ceil(math.ceil(len(train) / fabric.world_size) / batch_size)
-    first = fabric.is_global_zero  # the process that writes and reports
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers(augment)
     last_phase_start = max(p.start_epoch for p in strategy.phases_for(len(model.stage_names)))
