@@ -45,6 +45,18 @@ def test_two_processes_train_one_model_on_the_same_schedule_as_one(image_folder,
     assert [r["trainable"] for r in two] == [r["trainable"] for r in one]
 
 
+def test_a_comparison_runs_every_cell_data_parallel_and_reports_once(image_folder, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "headstart.cli", "compare", str(image_folder), "--model", TINY,
+                           "--strategies", "linear,lp-ft", "--seeds", "0", "--epochs", "2", "--batch-size", "4",
+                           "--device", "cpu", "--devices", "2", "--out", str(tmp_path / "cmp"), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # one summary on stdout: the extra process prints nothing
+    assert set(summary["strategies"]) == {"linear", "lp-ft"} and (tmp_path / "cmp" / "report.html").is_file()
+    for name in ("linear", "lp-ft"):
+        assert json.loads((tmp_path / "cmp" / "runs" / f"{name}-seed0" / "run.json").read_text())["devices"] == 2
+
+
 def test_more_devices_than_the_machine_has_is_refused():
     with pytest.raises(HeadstartError, match="GPU"):
         start("cuda", 64)

@@ -137,6 +137,7 @@ def compare(
     data_seed: int = typer.Option(0, help="Seed of the split and the subsample (fixed across runs)."),
     cache_dir: Path = typer.Option(None, help="Cache folder (default $HEADSTART_CACHE or ~/.cache/headstart)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    devices: int = typer.Option(1, help="Data-parallel processes for every run, one per GPU (Lightning Fabric DDP)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ):
     """Train several strategies × seeds under identical conditions; write summary.json and report.html.
@@ -151,10 +152,12 @@ def compare(
         raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     cfg = TrainConfig(model=model, epochs=epochs, augment=augment, views=views, patience=patience or None, freeze_bn=freeze_bn,
                       batch_size=batch_size, image_size=image_size, cache_dir=str(cache_dir) if cache_dir else None,
-                      device=device)
+                      device=device, devices=devices)
     summary = compare_api(data, split_list(strategies) or [], seed_list, out, cfg, per_class=per_class,
                           val_per_class=val_per_class, classes=split_list(classes), val_fraction=val_fraction,
                           data_seed=data_seed, command=shlex.join(["headstart", *sys.argv[1:]]))
+    if summary is None:  # an extra process of --devices N: the first one reports
+        return
     if as_json:
         print_json(summary)
         return

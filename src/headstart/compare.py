@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+from headstart import engine
 from headstart.api import resolve_strategy, train as train_run
 from headstart.console import info
 from headstart.data import DataSplits, ImageSet, load_data
@@ -121,15 +122,19 @@ def compare(
     data_seed: int = 0,
     command: str | None = None,
     report: bool = True,
-) -> dict:
+) -> dict | None:
     """Train every strategy × seed into `out/runs/`, skipping finished runs; write summary.json and the
-    reports; return the summary. Ctrl-C stops after the current run's checkpoint: run it again to finish."""
+    reports; return the summary. Ctrl-C stops after the current run's checkpoint: run it again to finish.
+    With `base.devices` > 1 every run is data-parallel (see `api.train`); the extra processes return None."""
     if not strategies or not seeds:
         raise HeadstartError("give at least one strategy and one seed")
     if len(set(strategies)) != len(strategies) or len(set(seeds)) != len(seeds):
         raise HeadstartError("strategies and seeds must not repeat")
     specs = [strategy_for_label(label) for label in strategies]  # unknown names fail here, before any training
     base = base or TrainConfig(patience=None)
+    # with --devices N the other processes start here, before anything is read, so all of them see the same
+    # finished runs when they decide what is left to do
+    first = engine.start(base.device, base.devices).is_global_zero
     epochs = base.epochs or max(spec.epochs for spec in specs)
     augment = base.augment or DEFAULT_AUGMENT
     out = Path(out)
@@ -151,9 +156,13 @@ def compare(
         info(f"[bold]run {i}/{len(todo)}: {strategy}, seed {seed}[/]")
         cfg = run_config(base, strategy, seed, epochs, augment)
         run = train_run(splits, cfg, run_dir(out, strategy, seed), per_class=per_class, command=command)
+        if run is None:  # an extra process: the first one writes the run
+            continue
         if run.get("interrupted"):
             info(f"interrupted: {len(todo) - i + 1} runs left; run the same command again to finish them")
             raise KeyboardInterrupt
+    if not first:
+        return None
     summary = summarize(out, strategies, seeds)
     summary["setup"] = {"data": splits.source, "classes": splits.classes, "n_train": len(splits.train),
                         "n_val": len(splits.val), "per_class": per_class, "val_per_class": val_per_class,
