@@ -31,6 +31,17 @@ def test_class_folders_are_split_stratified_and_reproducibly(tmp_path):
     assert not set(a.train.refs) & set(a.val.refs)
 
 
+def test_csv_rows_naming_missing_files_are_listed_by_line(tmp_path):
+    make_folder(tmp_path / "imgs", classes=("red", "blue"), n=2)
+    rows = ["path,label", "imgs/red/0.png,red", "imgs/red/gone.png,red", "imgs/blue/0.png,blue", "nowhere.jpg,blue"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows))
+    with pytest.raises(HeadstartError) as error:
+        load_data(tmp_path / "labels.csv")
+    message = str(error.value)
+    assert "2 listed files do not exist" in message and "line 3:" in message and "line 5:" in message
+    assert "gone.png" in message and "nowhere.jpg" in message and "line 2:" not in message
+
+
 def test_csv_source(tmp_path):
     make_folder(tmp_path / "imgs", n=5)
     rows = ["path,label"] + [f"imgs/{c}/{i}.png,{c}" for c in ("red", "blue") for i in range(5)]

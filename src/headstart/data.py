@@ -181,9 +181,13 @@ def load_csv(path: Path) -> ImageSet:
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
     refs = [str((path.parent / r["path"]).resolve()) for r in rows]
-    missing = [r for r in refs if not Path(r).is_file()]
+    missing = [(line, ref) for line, ref in enumerate(refs, start=2) if not Path(ref).is_file()]  # line 1: header
     if missing:
-        raise HeadstartError(f"{path}: {len(missing)} listed files do not exist, e.g. {missing[0]}")
+        shown = "; ".join(f"line {line}: {ref}" for line, ref in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        files = "file does" if len(missing) == 1 else "files do"
+        raise HeadstartError(f"{path}: {len(missing)} listed {files} not exist ({shown}{more}); fix the paths "
+                             "(relative ones are read from the CSV's folder) or remove those rows")
     return ImageSet(classes, refs, [index[r["label"]] for r in rows])
 
 
