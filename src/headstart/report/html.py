@@ -143,8 +143,11 @@ def plot_compare_curves(curves: dict[str, dict[str, np.ndarray]], chance: float 
             ax.axhline(chance, color="#999", lw=0.8, ls=":")
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes[-1, :]:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     fig.tight_layout()
     return fig
 
@@ -259,7 +262,9 @@ def compare_html(out: Path, summary: dict) -> str:
         f'{escape(", ".join(map(str, seeds)))}. Only the starting point and what is frozen differ.</p>',
         "<h2>Accuracy</h2>", results_table(summary),
         '<p class="note">Val accuracy: the best epoch (its weights are kept). Train accuracy and gap: the last epoch. '
-        "A large gap means the model learned its training images rather than the task.</p>",
+        "A large gap means the model learned its training images rather than the task. Seconds: training time, "
+        "decoding excluded; a frozen prefix whose features an earlier run on the same images cached costs nothing "
+        "here.</p>",
         "<h2>Learning curves</h2>",
         img(png_uri(plot_compare_curves(curves, chance)), "learning curves of every strategy"),
         f'<p class="note">Means over {len(seeds)} seed(s). Dotted line: chance ({chance:.0%}). '

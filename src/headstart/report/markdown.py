@@ -136,7 +136,8 @@ def compare_markdown(summary: dict) -> str:
                      f"{' '.join(f'{v:.3f}' for v in r['per_seed'])} | {pct(r['train'])} | {pts(r['gap'])} | "
                      f"{human(r['params'])} | {r['seconds']:.0f} |")
     lines += ["", "Val accuracy: the best epoch's (its weights are the ones kept). Train accuracy and the gap: the "
-              "last epoch's. Std: over seeds (n − 1).", "", "## Reproduce", "", "```",
+              "last epoch's. Std: over seeds (n − 1). Seconds: training time, decoding excluded; a frozen prefix whose "
+              "features an earlier run on the same images cached costs nothing here.", "", "## Reproduce", "", "```",
               setup.get("command") or "(run from the Python API)", "```", ""]
     env = setup.get("environment") or {}
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in env.items()))

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, works in CI and over ssh
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
@@ -19,6 +20,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train", color="#1f77b4")
         ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label="val", color="#d62728")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
