@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,6 +58,27 @@ def test_a_comparison_runs_every_cell_data_parallel_and_reports_once(image_folde
     assert set(summary["strategies"]) == {"linear", "lp-ft"} and (tmp_path / "cmp" / "report.html").is_file()
     for name in ("linear", "lp-ft"):
         assert json.loads((tmp_path / "cmp" / "runs" / f"{name}-seed0" / "run.json").read_text())["devices"] == 2
+
+
+def test_ctrl_c_stops_every_process_and_keeps_the_best_checkpoint(image_folder, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "headstart.cli", "train", str(image_folder), "--model", TINY,
+                             "--strategy", "full", "--epochs", "1000", "--patience", "0", "--batch-size", "2",
+                             "--device", "cpu", "--devices", "2", "--no-cache", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "model.safetensors").is_file():  # the first checkpoint: something to keep
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does in a terminal: every process of the group gets it
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the processes did not stop after Ctrl-C") from None
+    assert proc.returncode == 0, stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["interrupted"] and run["epochs"] < 1000 and (out / "model.safetensors").is_file()
 
 
 def test_more_devices_than_the_machine_has_is_refused():
