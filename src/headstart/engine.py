@@ -32,6 +32,7 @@ _STARTED: dict[tuple, object] = {}  # one launch per process: Fabric re-runs the
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """'auto': the GPU when there is one, else the CPU; anything else as torch spells it ('cpu', 'cuda:1', 'mps')."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -47,6 +48,9 @@ def start(device: str = "auto", devices: int = 1):
     key = (device, devices)
     if key in _STARTED:
         return _STARTED[key]
+    if any(f.world_size > 1 for f in _STARTED.values()):
+        raise HeadstartError("this process already runs as one of several (--devices); start another program for a "
+                             f"run on device={device!r}, devices={devices}")
     if devices < 1:
         raise HeadstartError("--devices must be at least 1")
     dev = pick_device(device)
