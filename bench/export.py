@@ -26,22 +26,6 @@ BENCH = Path(__file__).resolve().parent
 HYM = Path("../shared/data/hymenoptera")
 
 
-def sidecar_batch(files: list[Path], sidecar: dict) -> np.ndarray:
-    """The sidecar's recipe with PIL and numpy only: what a serving side without headstart would do."""
-    from PIL import Image
-
-    spec, rows = sidecar["input"], []
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[spec["interpolation"]]
-    for f in files:
-        img = Image.open(f).convert("RGB")
-        scale = spec["resize_to"] / min(img.size)
-        w, h = max(spec["resize_to"], round(img.width * scale)), max(spec["resize_to"], round(img.height * scale))
-        img = img.resize((w, h), resample, reducing_gap=3.0)
-        s, left, top = spec["image_size"], (w - spec["image_size"]) // 2, (h - spec["image_size"]) // 2
-        rows.append((np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.float32) / 255.0).transpose(2, 0, 1))
-    return np.stack(rows)
-
-
 def timed(fn, batch: np.ndarray, size: int, repeats: int = 3) -> float:
     """Median seconds per image over `repeats` passes of the whole batch in chunks of `size` (after a warm-up)."""
     fn(batch[:size])
@@ -79,7 +63,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from headstart.export import Deployable
+    from headstart.export import Deployable, preprocess_as_sidecar_says
     from headstart.runs import load_run
 
     model, config = load_run(run_dir)
@@ -100,7 +84,7 @@ def main() -> None:
         else:
             program = torch.export.load(str(out)).module()
             predictors["pt2"] = lambda x, p=program: p(torch.from_numpy(x))[0].detach().numpy()
-    batch = sidecar_batch(files, sidecar)
+    batch = np.stack([preprocess_as_sidecar_says(f, sidecar) for f in files])
     with torch.inference_mode():
         logits = {name: fn(batch) for name, fn in predictors.items()}
         for name, fn in predictors.items():

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from headstart.api import export, predict, train
 from headstart.cli import app
 from headstart.errors import HeadstartError
+from headstart.export import preprocess_as_sidecar_says
 from headstart.train import TrainConfig
 
 from conftest import needs_shared
@@ -26,19 +26,6 @@ def run_dir(image_folder, tmp_path):
     return tmp_path / "run"
 
 
-def preprocess_as_the_sidecar_says(path, sidecar: dict) -> np.ndarray:
-    """What a serving side without headstart does: PIL resize + centre crop + /255, from the sidecar alone."""
-    spec = sidecar["input"]
-    img = Image.open(path).convert("RGB")
-    scale = spec["resize_to"] / min(img.size)
-    w, h = max(spec["resize_to"], round(img.width * scale)), max(spec["resize_to"], round(img.height * scale))
-    img = img.resize((w, h), Image.BICUBIC, reducing_gap=3.0)
-    s = spec["image_size"]
-    left, top = (w - s) // 2, (h - s) // 2
-    img = img.crop((left, top, left + s, top + s))
-    return (np.asarray(img, dtype=np.float32) / 255.0).transpose(2, 0, 1)
-
-
 def test_onnx_export_predicts_what_headstart_predicts(run_dir, image_folder):
     ort = pytest.importorskip("onnxruntime")
     result = export(run_dir)
@@ -47,7 +34,7 @@ def test_onnx_export_predicts_what_headstart_predicts(run_dir, image_folder):
     assert sidecar["classes"] == ["blue", "red"] and sidecar["check"]["max_logit_difference"] < 1e-4
 
     files = sorted((image_folder / "val").rglob("*.png"))
-    batch = np.stack([preprocess_as_the_sidecar_says(f, sidecar) for f in files])
+    batch = np.stack([preprocess_as_sidecar_says(f, sidecar) for f in files])  # the sidecar alone
     session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     logits, probabilities = session.run(["logits", "probabilities"], {"images": batch})
     expected = predict(run_dir, files)

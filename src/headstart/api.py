@@ -29,7 +29,8 @@ from headstart.runs import (
     HISTORY_FILE, RUN_FILE, is_run_dir, load_run, save_checkpoint, write_history, write_json,
 )
 from headstart.strategies import Strategy, describe_strategy, get_strategy
-from headstart.train import FitResult, Split, TrainConfig, fit, pick_device, predict_batches
+from headstart.engine import pick_device
+from headstart.train import FitResult, Split, TrainConfig, fit, predict_batches
 from headstart.transforms import suggest_image_size
 
 
@@ -246,10 +247,10 @@ def export(run_dir: str | Path, out: str | Path | None = None, fmt: str | None =
     return export_run(_run_or_winner(run_dir), out, fmt, images)
 
 
-def _run_or_winner(path: str | Path) -> str | Path:
-    from headstart.compare import winner_run_dir
+def _run_or_winner(path: str | Path) -> Path:
+    from headstart.compare import winner_run_dir  # (compare imports this module)
 
-    return winner_run_dir(path) if Path(path).is_dir() else path
+    return winner_run_dir(path)
 
 
 def inspect_model(name: str, strategy: str = "linear", num_classes: int | None = None, train_last: int | None = None,

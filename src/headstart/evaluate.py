@@ -14,7 +14,8 @@ from headstart.data import ImageSet, load_class_folders
 from headstart.errors import HeadstartError
 from headstart.features import inference_batch_size
 from headstart.images import UnreadableImage, is_image_file, read_rgb
-from headstart.train import PixelDataset, pick_device, predict_batches
+from headstart.engine import pick_device
+from headstart.train import PixelDataset, predict_batches
 from headstart.transforms import eval_transform, normalize_batch, to_store
 
 

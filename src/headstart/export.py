@@ -28,7 +28,7 @@ from headstart import __version__
 from headstart.backbones import StagedModel
 from headstart.errors import HeadstartError
 from headstart.images import UnreadableImage, read_rgb
-from headstart.runs import RUN_FILE, atomic_write_text, load_run
+from headstart.runs import RUN_FILE, atomic_write_text, load_run, read_run
 from headstart.transforms import Preprocessing, eval_transform, to_store
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
@@ -105,13 +105,17 @@ def _onnx_modules():
     return onnxruntime
 
 
+def any_batch_size() -> dict:
+    """The `dynamic_shapes` both exporters take: the batch dimension of `images` is free, the rest fixed."""
+    return {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
+
+
 def write_onnx(module: Deployable, example: torch.Tensor, out: Path) -> None:
     """One self-contained .onnx file (weights inside, not beside it), any batch size."""
     _onnx_modules()
-    batch = torch.export.Dim("batch", min=1, max=4096)
     torch.onnx.export(module, (example,), str(out), dynamo=True, external_data=False, opset_version=ONNX_OPSET,
-                      input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                      dynamic_shapes={"images": {0: batch}}, verbose=False)
+                      input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_shapes=any_batch_size(),
+                      verbose=False)
 
 
 def load_onnx(path: Path):
@@ -123,8 +127,7 @@ def load_onnx(path: Path):
 
 def write_pt2(module: Deployable, example: torch.Tensor, out: Path) -> None:
     """A torch.export program: loads with `torch.export.load(path).module()`, no headstart or timm needed."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(module, (example,), dynamic_shapes={"images": {0: batch}})
+    program = torch.export.export(module, (example,), dynamic_shapes=any_batch_size())
     torch.export.save(program, str(out))
 
 
@@ -159,9 +162,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | No
     out = Path(out) if out is not None else run_dir / "model.onnx"
     fmt = export_format(out, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.float().eval()
     pre = model.preprocessing
-    module = Deployable(model).eval()
+    module = Deployable(model).eval()  # (load_run gives float32 weights)
     batch, sources = parity_inputs(pre, [Path(p) for p in images] if images else None)
 
     write, load = WRITERS[fmt]
@@ -183,7 +185,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | No
                              "nothing was written")
     tmp.replace(out)
 
-    run_info = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
+    run_info = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
     sidecar = {
         "file": out.name, "format": fmt, "classes": config["classes"],
         "input": {"name": INPUT_NAME, "shape": ["N", 3, pre.image_size, pre.image_size], "dtype": "float32",
@@ -203,3 +205,19 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | No
     }
     atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
     return {**sidecar, "path": str(out), "sidecar": str(sidecar_path(out))}
+
+
+def preprocess_as_sidecar_says(path: str | Path, sidecar: dict) -> np.ndarray:
+    """One image as a serving side without headstart prepares it, from the sidecar alone (PIL and numpy):
+    3 x S x S float32 RGB in [0, 1]. A reference to copy; the tests and bench/export.py hold it to `predict`."""
+    from PIL import Image
+
+    spec = sidecar["input"]
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[spec["interpolation"]]
+    img = Image.open(path).convert("RGB")
+    scale = spec["resize_to"] / min(img.size)
+    w, h = max(spec["resize_to"], round(img.width * scale)), max(spec["resize_to"], round(img.height * scale))
+    img = img.resize((w, h), resample, reducing_gap=3.0)
+    s = spec["image_size"]
+    left, top = (w - s) // 2, (h - s) // 2
+    return (np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.float32) / 255.0).transpose(2, 0, 1)

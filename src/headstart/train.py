@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from headstart.backbones import StagedModel, count_params
 from headstart import engine
 from headstart.console import console, info
-from headstart.engine import pick_device  # noqa: F401  (re-exported: evaluate, api and the analysis use it)
 from headstart.features import inference_batch_size, prefix_activations
 from headstart.progress import progress_bar
 from headstart.strategies import (
