@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from headstart import engine
-from headstart.api import build_model, decode_split, resolve_strategy
+from headstart.pipeline import build_model, decode_split
+from headstart.train import resolve_strategy
 from headstart.data import load_data
 from headstart.strategies import apply_trainable, parameter_groups, set_train_mode, trainable_groups
 from headstart.train import PixelDataset, TrainConfig, first_trainable_stage, make_optimizer, train_one_epoch

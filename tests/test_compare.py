@@ -10,7 +10,8 @@ import pytest
 
 import headstart.compare as compare_mod
 import headstart.train as train_mod
-from headstart.compare import compare, run_dir
+from headstart.compare import compare
+from headstart.runs import run_dir
 from headstart.errors import HeadstartError
 from headstart.train import TrainConfig
 from tiny_images import make_dataset
@@ -213,7 +214,7 @@ def test_a_comparison_folder_stands_for_its_winners_best_run(finished, data, tmp
 
     from headstart.api import evaluate, predict
     from headstart.cli import app
-    from headstart.compare import best_run
+    from headstart.runs import best_run
 
     out, summary = finished
     best = best_run(out, summary)

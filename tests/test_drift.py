@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.analysis.drift import ForgettingMonitor, l2sp_anchor, l2sp_penalty, linear_cka, relative_drift
+from headstart.analysis.drift import ForgettingMonitor, linear_cka, relative_drift
+from headstart.train import l2sp_anchor, l2sp_penalty
 from headstart.backbones import load_backbone
 from headstart.transforms import Preprocessing
 

@@ -119,7 +119,7 @@ def test_lp_ft_probes_then_unfreezes_everything():
 
 
 def test_scratch_starts_from_random_weights_of_the_same_architecture(tmp_path):
-    from headstart.api import build_model
+    from headstart.pipeline import build_model
     from headstart.train import TrainConfig
 
     cfg = TrainConfig(model="efficientnet_lite0", strategy="scratch")
@@ -160,13 +160,19 @@ def test_freeze_bn_keeps_every_running_stat_while_trained_weights_move(image_fol
 
 
 def test_train_bn_and_freeze_bn_override_the_strategy_default():
-    from headstart.api import resolve_strategy
-    from headstart.train import TrainConfig
+    from headstart.train import TrainConfig, resolve_strategy
 
     assert resolve_strategy(TrainConfig(strategy="partial", freeze_bn=False)).train_bn_stats  # --train-bn
     assert not resolve_strategy(TrainConfig(strategy="partial")).train_bn_stats
-    assert not resolve_strategy(TrainConfig(strategy="scratch", freeze_bn=True)).train_bn_stats  # --freeze-bn
     assert resolve_strategy(TrainConfig(strategy="scratch")).train_bn_stats
+
+
+def test_scratch_with_frozen_batchnorm_statistics_is_refused():
+    # random-init BatchNorm keeps mean 0 / var 1 if it never learns its statistics: a network that cannot work
+    from headstart.train import TrainConfig, resolve_strategy
+
+    with pytest.raises(HeadstartError, match="random weights.*--freeze-bn"):
+        resolve_strategy(TrainConfig(strategy="scratch", freeze_bn=True))
 
 
 def test_views_are_cached_only_for_a_prefix_frozen_for_the_whole_run():

@@ -56,7 +56,7 @@ def test_interrupt_keeps_the_best_checkpoint(image_folder, tmp_path):
     train_split, val_split = splits_for(image_folder, model)
     saved = {}
 
-    def interrupt_after_first(history):
+    def interrupt_after_first(history, resume_point):
         if len(history) == 1:
             raise KeyboardInterrupt
 

@@ -91,10 +91,13 @@ def train(
     l2sp: float = typer.Option(0.0, help="L2-SP: penalise ALPHA/2 ||w - w0||^2, the distance from the pretrained weights."),
     monitor_folder: str = typer.Option(None, help="ImageNet synset folders for the old-task top-1 of the forgetting "
                                                   "monitor (default: ../shared/data/imagenet-samples/val if present; 'none': off)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last whole epoch, exactly "
+                                                        "as it would have gone on."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep the resume point (resume.pt) after "
+                                                                            "the run finishes."),
 ):
     """Fine-tune a pretrained backbone on DATA with one strategy; write a run directory."""
-    from headstart.api import train as train_run
-    from headstart.train import TrainConfig
+    from headstart.api import TrainConfig, train as train_run
 
     cfg = TrainConfig(model=model, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr,
                       lr_decay=lr_decay, train_last=train_last, optimizer=optimizer, weight_decay=weight_decay,
@@ -102,7 +105,7 @@ def train(
                       patience=patience or None, seed=seed, image_size=image_size,
                       weights=str(weights) if weights else None, cache_dir=str(cache_dir) if cache_dir else None,
                       use_cache=not no_cache, device=device, devices=devices, l2sp=l2sp, monitor_folder=monitor_folder,
-                      freeze_bn=freeze_bn)
+                      freeze_bn=freeze_bn, resume=resume, keep_checkpoints=keep_checkpoints)
     run = train_run(data, cfg, out, val_fraction=val_fraction, classes=split_list(classes), per_class=per_class,
                     data_seed=data_seed, command=shlex.join(["headstart", *sys.argv[1:]]))
     if as_json and run is not None:  # (None in the extra processes of --devices N: the first one reports)
@@ -139,12 +142,12 @@ def compare(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     devices: int = typer.Option(1, help="Data-parallel processes for every run, one per GPU (Lightning Fabric DDP)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep every run's resume point."),
 ):
     """Train several strategies × seeds under identical conditions; write summary.json and report.html.
 
     Finished runs are kept: after Ctrl-C, the same command finishes only the missing runs."""
-    from headstart.compare import compare as compare_api
-    from headstart.train import TrainConfig
+    from headstart.api import TrainConfig, compare as compare_api
 
     try:
         seed_list = [int(s) for s in split_list(seeds) or []]
@@ -152,7 +155,7 @@ def compare(
         raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     cfg = TrainConfig(model=model, epochs=epochs, augment=augment, views=views, patience=patience or None, freeze_bn=freeze_bn,
                       batch_size=batch_size, image_size=image_size, cache_dir=str(cache_dir) if cache_dir else None,
-                      device=device, devices=devices)
+                      device=device, devices=devices, keep_checkpoints=keep_checkpoints)
     summary = compare_api(data, split_list(strategies) or [], seed_list, out, cfg, per_class=per_class,
                           val_per_class=val_per_class, classes=split_list(classes), val_fraction=val_fraction,
                           data_seed=data_seed, command=shlex.join(["headstart", *sys.argv[1:]]))
@@ -377,7 +380,7 @@ def probe(
     """What transfers: linear-probe accuracy after every stage group, and similarity to the pretraining data."""
     from rich.table import Table
 
-    from headstart.analysis.probe import plot_probe
+    from headstart.report.plots import plot_probe
     from headstart.analysis.probe import probe as run_probe
 
     report = run_probe(data, model=model, image_size=image_size, per_class=per_class, classes=split_list(classes),
@@ -421,7 +424,7 @@ def recommend(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Recommend a strategy for DATA from measurements (size, probe accuracy per depth, domain similarity)."""
-    from headstart.analysis.recommend import recommend as run_recommend
+    from headstart.api import recommend as run_recommend
 
     rec = run_recommend(data, model=model, per_class=per_class, classes=split_list(classes), image_size=image_size,
                         val_fraction=val_fraction, seed=seed, verify=verify, verify_epochs=verify_epochs, out=out)

@@ -1,7 +1,7 @@
 """The controlled experiment: several strategies × seeds on the same data, then summary.json and the reports.
 
     load_data once (one split, one subsample: every run sees the same images)
-      -> for seed, strategy: api.train(...) into out/runs/<strategy>-seed<seed>  (finished runs are skipped)
+      -> for seed, strategy: pipeline.train(...) into out/runs/<strategy>-seed<seed>  (finished runs are skipped)
       -> summarize(out): per-strategy mean/std over seeds, read back from the run directories
       -> report.html + report.md
 
@@ -23,15 +23,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from headstart import engine
-from headstart.api import resolve_strategy, train as train_run
+from headstart.pipeline import train as train_run
 from headstart.console import info
 from headstart.data import DataSplits, ImageSet, load_data
 from headstart.errors import HeadstartError
-from headstart.runs import CONFIG_FILE, HISTORY_FILE, RUN_FILE, read_history, read_run, write_json
+from headstart.runs import (
+    CONFIG_FILE, HISTORY_FILE, RUN_FILE, SUMMARY_FILE, read_history, read_run, run_dir, write_json,
+)
 from headstart.strategies import Strategy, parse_label, strategy_for_label, what_trains
-from headstart.train import TrainConfig, default_views
+from headstart.train import TrainConfig, default_views, resolve_strategy
 
-SUMMARY_FILE = "summary.json"
 DEFAULT_AUGMENT = "light"
 # Settings that change what a run computes: a finished run is reused only when all of them match.
 _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "lr_decay", "train_last", "optimizer",
@@ -39,24 +40,19 @@ _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "
                  "image_size", "weights")
 
 
-def run_dir(out: Path, label: str, seed: int) -> Path:
-    """out/runs/<label>-seed<seed>; 'partial:3' becomes partial-k3 (no colons in file names)."""
-    return Path(out) / "runs" / f"{label.replace(':', '-k')}-seed{seed}"
-
-
 def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: str) -> TrainConfig:
     """The TrainConfig of one cell of the experiment: `base` with the strategy, seed and shared settings.
     The views are spelled out (`train.default_views` unless `base` says), so the run's config records them."""
     name, k = parse_label(label)
     cfg = replace(base, strategy=name, train_last=k if k is not None else base.train_last, seed=seed, epochs=epochs,
-                  augment=augment)
+                  augment=augment, resume=True)  # an interrupted cell continues from its last whole epoch
     views = base.views if base.views is not None else default_views(resolve_strategy(cfg), epochs, augment)
     return replace(cfg, views=views)
 
 
 def data_identity(splits: DataSplits, per_class: int | None, data_seed: int) -> dict:
     """What makes two runs' data the same: where it came from, which classes, which subsample and split, how many
-    val images. `api.train` records the same keys in config.json."""
+    val images. `pipeline.train` records the same keys in config.json."""
     return {"data": _resolved(splits.source), "classes": list(splits.classes), "per_class": per_class,
             "data_seed": data_seed, "val_files": len(splits.val)}
 
@@ -125,7 +121,7 @@ def compare(
 ) -> dict | None:
     """Train every strategy × seed into `out/runs/`, skipping finished runs; write summary.json and the
     reports; return the summary. Ctrl-C stops after the current run's checkpoint: run it again to finish.
-    With `base.devices` > 1 every run is data-parallel (see `api.train`); the extra processes return None."""
+    With `base.devices` > 1 every run is data-parallel (see `pipeline.train`); the extra processes return None."""
     if not strategies or not seeds:
         raise HeadstartError("give at least one strategy and one seed")
     if len(set(strategies)) != len(strategies) or len(set(seeds)) != len(seeds):
@@ -236,23 +232,3 @@ def summarize(out: str | Path, strategies: list[str], seeds: list[int]) -> dict:
         spread = max(table[winner]["val_accuracy_std"], table[runner_up]["val_accuracy_std"])
         summary["margin_exceeds_spread"] = summary["margin"] > spread if len(seeds) > 1 else None
     return summary
-
-
-def best_run(out: str | Path, summary: dict, strategy: str | None = None) -> Path:
-    """The run directory of `strategy` (default: the winner) with the highest val accuracy."""
-    strategy = strategy or summary["winner"]
-    best = max(summary["strategies"][strategy]["runs"], key=lambda r: r["val_accuracy"])
-    return run_dir(Path(out), strategy, best["seed"])
-
-
-def winner_run_dir(path: str | Path) -> Path:
-    """A comparison folder stands for its winner's best run (so `predict`, `evaluate` and `export` take either);
-    anything else is returned as it is."""
-    path = Path(path)
-    if not (path / SUMMARY_FILE).is_file() or (path / CONFIG_FILE).is_file():
-        return path
-    summary = json.loads((path / SUMMARY_FILE).read_text())
-    chosen = best_run(path, summary)
-    info(f"{path} is a comparison: using its winner's best run, {chosen}")
-    return chosen
-

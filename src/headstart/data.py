@@ -296,3 +296,16 @@ def _download_fashion_mnist() -> Path:
             f"({type(e).__name__}). Install it with: sudo apt-get install dataset-fashion-mnist"
         ) from e
     return target / "FashionMNIST" / "raw"
+
+
+def imagenet_images(folder: Path) -> ImageSet:
+    """A folder of ImageNet synset folders (n01440764/ ...) labelled with the 1000-class index."""
+    from timm.data import ImageNetInfo
+
+    synsets = ImageNetInfo().label_names()
+    index = {s: i for i, s in enumerate(synsets)}
+    found, _ = load_class_folders(folder)
+    unknown = [c for c in found.classes if c not in index]
+    if unknown:
+        raise HeadstartError(f"{folder}: folders must be ImageNet synsets (like n01440764); found {unknown[0]}")
+    return ImageSet(synsets, found.refs, [index[found.classes[y]] for y in found.labels])

@@ -10,7 +10,7 @@ import torch
 from headstart.backbones import StagedModel
 from headstart.cache import decode_images
 from headstart.console import warn_skipped
-from headstart.data import ImageSet, load_class_folders
+from headstart.data import ImageSet, imagenet_images
 from headstart.errors import HeadstartError
 from headstart.features import inference_batch_size
 from headstart.images import UnreadableImage, is_image_file, read_rgb
@@ -63,19 +63,6 @@ def evaluate_model(model: StagedModel, images: ImageSet, batch_size: int | None 
                                          batch_size=batch_size or inference_batch_size(pre.image_size, dev))
     logits, labels = predict_batches(model, loader, 0, pre, dev)
     return logits, labels, decoded.kept
-
-
-def imagenet_images(folder: Path) -> ImageSet:
-    """A folder of ImageNet synset folders (n01440764/ ...) labelled with the 1000-class index."""
-    from timm.data import ImageNetInfo
-
-    synsets = ImageNetInfo().label_names()
-    index = {s: i for i, s in enumerate(synsets)}
-    found, _ = load_class_folders(folder)
-    unknown = [c for c in found.classes if c not in index]
-    if unknown:
-        raise HeadstartError(f"{folder}: folders must be ImageNet synsets (like n01440764); found {unknown[0]}")
-    return ImageSet(synsets, found.refs, [index[found.classes[y]] for y in found.labels])
 
 
 def evaluate_imagenet(model: StagedModel, folder: str | Path, **kwargs) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from torchvision.transforms.v2.functional import center_crop
 from headstart.backbones import StagedModel
 from headstart.cache import cache_root, digest
 from headstart.progress import progress_bar
-from headstart.transforms import Preprocessing, normalize_batch
+from headstart.transforms import Preprocessing, eval_transform, normalize_batch
 
 MAX_CACHE_BYTES = 3 * 1024**3  # beyond this, stream images through the frozen prefix instead
 FEATURES_DIR = "features"
@@ -35,6 +36,32 @@ def inference_batch_size(image_size: int, device: torch.device | str = "cpu") ->
     large batches."""
     base, most = (128, 1024) if torch.device(device).type == "cuda" else (16, 128)
     return int(max(1, min(most, base * (224 / image_size) ** 2)))
+
+
+def eval_view(pixels: np.ndarray) -> torch.Tensor:
+    """Decoded uint8 store images (N x S x S x 3, array or memmap) -> uint8 N x 3 x S x S, not yet cropped."""
+    return torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def pooled_stage_outputs(model: StagedModel, pixels: np.ndarray, pre: Preprocessing,
+                         pool: Callable[[torch.Tensor], torch.Tensor], label: str | None = None) -> list[torch.Tensor]:
+    """Every stage group's output for decoded images, each reduced by `pool` (a list of N x D tensors on the CPU),
+    in one forward pass per image through the eval view (centre crop). The probe pools globally (what a linear
+    head would see); the forgetting monitor keeps a coarse spatial grid (CKA)."""
+    model.eval()
+    device = next(model.parameters()).device
+    batch_size = inference_batch_size(pre.image_size, device)
+    crop = eval_transform(pre)
+    outs: list[list[torch.Tensor]] = [[] for _ in model.stage_names]
+    with progress_bar(transient=label is None) as bar:
+        task = bar.add_task(f"{label or 'stage outputs'} ({len(pixels)} images, all stages)", total=len(pixels))
+        for i in range(0, len(pixels), batch_size):
+            x = normalize_batch(crop(eval_view(pixels[i : i + batch_size])).to(device), pre)
+            for k, act in enumerate(model.forward_stages(x)):
+                outs[k].append(pool(act).float().cpu())
+            bar.advance(task, len(x))
+    return [torch.cat(o) for o in outs]
 
 
 def prefix_fingerprint(model: StagedModel, start: int) -> str:

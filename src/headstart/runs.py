@@ -5,6 +5,9 @@
     run.json            results: best_val_accuracy, final_train_accuracy, times, parameter counts, ...
     history.csv         one row per epoch: losses, accuracies, the LR of every group
     curves.png, confusion.png
+
+A comparison folder holds one run directory per cell (`run_dir`) and `summary.json`; it stands for its
+winner's best run wherever a run is expected (`winner_run_dir`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from headstart.errors import HeadstartError
 from headstart.transforms import Preprocessing
 
 MODEL_FILE, CONFIG_FILE, RUN_FILE, HISTORY_FILE = "model.safetensors", "config.json", "run.json", "history.csv"
+RESUME_FILE = "resume.pt"  # the run after its last whole epoch: weights, optimizer, schedule, random state
+SUMMARY_FILE = "summary.json"  # a comparison folder: out/summary.json beside out/runs/<label>-seed<seed>/
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -32,6 +37,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def plain(record: dict) -> dict:
+    """`record` as it reads back from JSON (tuples as lists, paths as strings): what comparisons with a saved
+    record must use."""
+    return json.loads(json.dumps(record, default=_jsonable))
 
 
 def _jsonable(obj):
@@ -52,6 +63,26 @@ def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], config: dict)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "headstart-staged-v1"})
     os.replace(tmp, run_dir / MODEL_FILE)
     write_json(run_dir / CONFIG_FILE, config)
+
+
+def save_resume_point(run_dir: Path, point: dict, config: dict) -> None:
+    """The resume point of `train.fit` with the config it belongs to, replaced atomically each epoch."""
+    tmp = run_dir / (RESUME_FILE + ".tmp")
+    torch.save({"point": point, "config": plain(config)}, tmp)
+    os.replace(tmp, run_dir / RESUME_FILE)
+
+
+def load_resume_point(run_dir: Path) -> tuple[dict, dict] | None:
+    """(point, config) saved by `save_resume_point`, or None when there is none."""
+    path = Path(run_dir) / RESUME_FILE
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return saved["point"], saved["config"]
+
+
+def remove_resume_point(run_dir: Path) -> None:
+    (Path(run_dir) / RESUME_FILE).unlink(missing_ok=True)
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -103,3 +134,26 @@ def _number(value: str):
 
 def read_run(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / RUN_FILE).read_text())
+
+
+# ---------------------------------------------------------------- a comparison folder: out/runs/<label>-seed<seed>
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    """out/runs/<label>-seed<seed>; 'partial:3' becomes partial-k3 (no colons in file names)."""
+    return Path(out) / "runs" / f"{label.replace(':', '-k')}-seed{seed}"
+
+
+def best_run(out: str | Path, summary: dict, strategy: str | None = None) -> Path:
+    """The run directory of `strategy` (default: the winner) with the highest val accuracy."""
+    strategy = strategy or summary["winner"]
+    best = max(summary["strategies"][strategy]["runs"], key=lambda r: r["val_accuracy"])
+    return run_dir(Path(out), strategy, best["seed"])
+
+
+def winner_run_dir(path: str | Path) -> Path:
+    """A comparison folder stands for its winner's best run (so `predict`, `evaluate` and `export` take either);
+    anything else is returned as it is."""
+    path = Path(path)
+    if not (path / SUMMARY_FILE).is_file() or (path / CONFIG_FILE).is_file():
+        return path
+    summary = json.loads((path / SUMMARY_FILE).read_text())
+    return best_run(path, summary)

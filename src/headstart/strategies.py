@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 
 from torch import nn
 
-from headstart.backbones import HEAD, StagedModel
+from headstart.backbones import HEAD, StagedModel, count_params
 from headstart.errors import HeadstartError
 
 
@@ -96,6 +96,9 @@ def get_strategy(name: str, *, train_last: int | None = None, **overrides) -> St
         if name != "partial":
             raise HeadstartError("--train-last applies to the partial strategy only")
         strategy = replace(strategy, phases=(Phase(0, train_last),))
+    if not strategy.pretrained and overrides.get("train_bn_stats") is False:
+        raise HeadstartError(f"{name} starts from random weights: its BatchNorm statistics must be learned, so "
+                             "--freeze-bn does not apply (drop it)")
     return replace(strategy, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -193,8 +196,6 @@ def parameter_groups(model: StagedModel, strategy: Strategy, weight_decay: float
 
 def describe_strategy(strategy: Strategy, model: StagedModel, epoch: int = 0) -> list[dict]:
     """Per group: parameters, trainable now or not, LR, BN mode — what `inspect` and every run print."""
-    from headstart.backbones import count_params
-
     trainable = trainable_groups(strategy, model.stage_names, epoch)
     rates = group_learning_rates(strategy, model.stage_names)
     rows = []
@@ -207,12 +208,13 @@ def describe_strategy(strategy: Strategy, model: StagedModel, epoch: int = 0) ->
             "trainable": name in trainable,
             "lr": rates[name] if name in trainable else 0.0,
             "batchnorm": ("train" if name in trainable and strategy.train_bn_stats else "eval (frozen stats)") if has_bn else "-",
-            "unfreezes_at_epoch": _unfreeze_epoch(strategy, model.stage_names, name),
+            "unfreezes_at_epoch": unfreeze_epoch(strategy, model.stage_names, name),
         })
     return rows
 
 
-def _unfreeze_epoch(strategy: Strategy, stage_names: list[str], name: str) -> int | None:
+def unfreeze_epoch(strategy: Strategy, stage_names: list[str], name: str) -> int | None:
+    """The epoch from which group `name` trains under `strategy` (None: never)."""
     for phase in strategy.phases_for(len(stage_names)):
         if name in trainable_groups(strategy, stage_names, phase.start_epoch):
             return phase.start_epoch

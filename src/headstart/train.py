@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -33,9 +34,11 @@ from headstart.progress import progress_bar
 from headstart.strategies import (
     Strategy,
     apply_trainable,
+    get_strategy,
     parameter_groups,
     set_train_mode,
     trainable_groups,
+    unfreeze_epoch,
 )
 from headstart.transforms import Preprocessing, eval_transform, normalize_batch, train_transform
 
@@ -56,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
+    unfreeze_warmup_epochs: float = 0.0  # a group that unfreezes mid-run warms up again over this many epochs
     augment: str | None = None
     freeze_bn: bool | None = None  # every BatchNorm keeps its pretrained statistics (None: the strategy's default)
     views: int | None = None  # augmented views of a frozen prefix to cache (None: `default_views`; 0: stream)
@@ -71,9 +75,19 @@ class TrainConfig:
     # issue #4 (analysis): forgetting
     l2sp: float = 0.0  # > 0: alpha of the L2-SP penalty alpha/2 ||w - w0||^2 on trainable backbone weights
     monitor_folder: str | None = None  # ImageNet synset folders for the old-task top-1 (None: default if present)
+    # where a run is kept, not what it computes
+    resume: bool = False  # continue from the run directory's resume point, if it has one
+    keep_checkpoints: bool = False  # keep the resume point after the run finishes
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resolve_strategy(cfg: TrainConfig) -> Strategy:
+    """The strategy a config asks for, with the config's overrides (LRs, depth, epochs, BN policy) applied."""
+    return get_strategy(cfg.strategy, train_last=cfg.train_last, lr=cfg.lr, head_lr=cfg.head_lr,
+                        lr_decay=cfg.lr_decay, epochs=cfg.epochs, augment=cfg.augment,
+                        train_bn_stats=None if cfg.freeze_bn is None else not cfg.freeze_bn)
 
 
 @dataclass
@@ -100,6 +114,7 @@ class FitResult:
     notes: list[str] = field(default_factory=list)
     val_logits: torch.Tensor | None = None  # of the best epoch: the final evaluation needs no second forward pass
     val_labels: torch.Tensor | None = None
+    monitor_seconds: float = 0.0  # the forgetting monitor's time, not part of train_seconds
 
 
 class PixelDataset(Dataset):
@@ -179,6 +194,18 @@ def forward_batch(model: StagedModel, x: torch.Tensor, start: int, pre: Preproce
     return (net if net is not None else model)(x, start=start)
 
 
+def l2sp_anchor(model: StagedModel) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Every backbone parameter with a frozen copy of its starting (pretrained) value. The head is left out:
+    it is new, so there is nothing to stay close to."""
+    return [(p, p.detach().clone()) for name in model.stage_names for p in model.group(name).parameters()]
+
+
+def l2sp_penalty(anchor: list[tuple[torch.nn.Parameter, torch.Tensor]], alpha: float) -> torch.Tensor:
+    """alpha/2 * sum ||w - w0||^2 over the parameters that currently train."""
+    terms = [(p - p0).pow(2).sum() for p, p0 in anchor if p.requires_grad]
+    return alpha / 2 * torch.stack(terms).sum() if terms else torch.zeros(())
+
+
 def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(groups)
@@ -187,23 +214,44 @@ def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be adamw or sgd, got {name!r}")
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up from 1% of each group's LR, then cosine decay to zero, stepped per batch."""
-    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The schedule's multiplier of a group's LR after `step` optimizer steps: a linear warm-up from 1%, then
+    cosine decay to zero."""
+    if warmup_steps > 0 and total_steps > 1:
+        warmup_steps = min(warmup_steps, total_steps - 1)
+        if step < warmup_steps:
+            return 0.01 + 0.99 * step / warmup_steps
+        step, total_steps = step - warmup_steps, total_steps - warmup_steps
+    return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
 
-    if warmup_steps <= 0 or total_steps <= 1:
-        return CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    warmup_steps = min(warmup_steps, total_steps - 1)
-    return SequentialLR(
-        optimizer,
-        [LinearLR(optimizer, start_factor=0.01, total_iters=warmup_steps),
-         CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))],
-        milestones=[warmup_steps],
-    )
+
+def unfreeze_ramp(step: int, unfreezes_at: int, ramp_steps: int) -> float:
+    """A group that unfreezes mid-run (gradual, lp-ft) would otherwise take full steps at once with an empty
+    optimizer state; this warms it up again, from 1% over `ramp_steps` steps."""
+    if ramp_steps <= 0 or unfreezes_at <= 0 or step >= unfreezes_at + ramp_steps:
+        return 1.0
+    return 0.01 + 0.99 * max(0, step - unfreezes_at) / ramp_steps
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                 unfreeze_steps: dict[str, int], ramp_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """One multiplier per optimizer group, stepped per batch; a closed form of the step count, so a resumed
+    run gets the same LRs from the scheduler's saved step alone."""
+    def factor(group: str):
+        return lambda step: lr_factor(step, warmup_steps, total_steps) * unfreeze_ramp(
+            step, unfreeze_steps.get(group, 0), ramp_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g["group"]) for g in optimizer.param_groups])
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {g["group"]: g["lr"] for g in optimizer.param_groups}
+
+
+def eval_loader(split: Split, pre: Preprocessing, device: torch.device) -> DataLoader:
+    """Batches of the evaluation view (centre crop) of decoded images: the one recipe for every pass without
+    gradients over a split (validation, evaluation, a run's final figures)."""
+    return DataLoader(PixelDataset(split.pixels, split.labels, eval_transform(pre)),
+                      batch_size=inference_batch_size(pre.image_size, device), pin_memory=device.type == "cuda")
 
 
 def train_one_epoch(model, net, batches, start, pre, optimizer, scheduler, fabric, label_smoothing, bar=None, task=None,
@@ -244,6 +292,152 @@ def predict_batches(model, batches, start, pre, device) -> tuple[torch.Tensor, t
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
+# ----------------------------------------------------------------------------------------------- the loop
+@dataclass
+class RunPlan:
+    """What a run will do, derived once from the config, the strategy, the model and the data."""
+
+    epochs: int
+    augment: str
+    views: int
+    batch_size: int  # per process: the global batch is cfg.batch_size
+    steps_per_epoch: int
+    workers: int
+    last_phase_start: int  # early stopping waits for the last phase to begin
+    unfreeze_steps: dict[str, int]  # optimizer step at which each group that unfreezes mid-run starts training
+
+
+def plan_run(model: StagedModel, strategy: Strategy, n_train: int, cfg: TrainConfig, world_size: int) -> RunPlan:
+    epochs = cfg.epochs or strategy.epochs
+    augment = cfg.augment or strategy.augment
+    views = 0 if augment == "none" else cfg.views if cfg.views is not None else default_views(strategy, epochs, augment)
+    batch_size = math.ceil(cfg.batch_size / world_size)
+    steps = math.ceil(math.ceil(n_train / world_size) / batch_size)
+    phases = strategy.phases_for(len(model.stage_names))
+    unfreeze = {name: epoch * steps for name in model.group_names
+                if (epoch := unfreeze_epoch(strategy, model.stage_names, name)) is not None}
+    return RunPlan(epochs, augment, views, batch_size, steps,
+                   cfg.num_workers if cfg.num_workers is not None else default_workers(augment),
+                   max(p.start_epoch for p in phases), unfreeze)
+
+
+@dataclass
+class ActivePhase:
+    """The groups that train now, and the batches that feed them: rebuilt whenever a strategy's phase changes."""
+
+    trainable: list[str]
+    start: int  # stage groups [0, start) are a frozen prefix
+    train_batches: DataLoader
+    val_batches: DataLoader
+    net: torch.nn.Module  # the model as the engine wraps it for training (DDP with several processes)
+
+
+def enter_phase(model: StagedModel, strategy: Strategy, trainable: list[str], epoch: int, train: Split, val: Split,
+                cfg: TrainConfig, plan: RunPlan, fabric, generator: torch.Generator) -> ActivePhase:
+    """Freeze and unfreeze, put frozen groups in eval mode, and build the batches: cached activations of the
+    frozen prefix where they stay fixed (no augmentation, or a pool of augmented views), images otherwise."""
+    apply_trainable(model, trainable)
+    set_train_mode(model, trainable, strategy)  # frozen groups in eval mode before computing anything
+    start = first_trainable_stage(model, trainable)
+    device, pre = fabric.device, model.preprocessing
+    common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache)
+    with fabric.rank_zero_first():  # the first process fills the feature cache, the others read it
+        val_acts = prefix_activations(model, val.pixels, start, **common, source_key=val.key) if start else None
+        train_acts = None
+        if start and (plan.augment == "none" or plan.views):
+            train_acts = prefix_activations(model, train.pixels, start, **common, source_key=train.key,
+                                            views=plan.views, augment_transform=train_transform(pre, plan.augment),
+                                            augment=plan.augment, seed=cfg.seed)
+    val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=64) if val_acts is not None
+                   else eval_loader(val, pre, device))
+    if train_acts is not None:
+        dataset = ViewsDataset(train_acts, train.labels, generator) if plan.views else TensorDataset(train_acts, train.labels)
+        workers = 0  # cached tensors: nothing to do in a worker
+    else:
+        dataset = PixelDataset(train.pixels, train.labels, train_transform(pre, plan.augment))
+        workers = plan.workers
+    sampler = engine.shard_sampler(dataset, fabric, cfg.seed)
+    # Workers are started anew each epoch (not persistent): their random state then follows from the
+    # loader's generator alone, which a resume point saves, so a resumed run augments exactly as it would have.
+    loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=generator, num_workers=workers, pin_memory=device.type == "cuda")
+    net = fabric.setup_module(model)  # wrapped anew: DDP must see the groups that train now
+    info(f"epoch {epoch + 1}: training {', '.join(trainable)} ({count_params(model, trainable_only=True):,} parameters); "
+         f"frozen prefix: {start} stage groups")
+    return ActivePhase(trainable, start, fabric.setup_dataloaders(loader, use_distributed_sampler=False), val_batches, net)
+
+
+@dataclass
+class LoopState:
+    """Everything a run has done so far that the rest of it depends on: what a resume point saves."""
+
+    history: list[dict] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_logits: torch.Tensor | None = None
+    best_labels: torch.Tensor | None = None
+    stale: int = 0  # epochs since the last improvement
+    train_seconds: float = 0.0  # training and validation, summed over epochs (and over resumed sessions)
+    monitor_seconds: float = 0.0  # the forgetting monitor, apart: it is not the strategy's own cost
+
+    def record(self, row: dict, model: StagedModel, logits: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Add an epoch's row; keep the weights and val logits if val accuracy improved. True if it did."""
+        self.history.append(row)
+        if row["val_accuracy"] <= self.best_accuracy:
+            self.stale += 1
+            return False
+        self.best_accuracy, self.best_epoch, self.stale = row["val_accuracy"], row["epoch"], 0
+        self.best_logits, self.best_labels = logits, labels
+        self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return True
+
+
+def random_state(generator: torch.Generator) -> dict:
+    """Every random number generator a run draws from (torch's, numpy's and Python's global ones, and the
+    generator behind shuffling, views and loader workers), as tensors and plain values."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "loader": generator.get_state(), "python": random.getstate(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                      "cached": cached},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_random_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loader"])
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    """random.setstate wants the tuples that a round trip through a checkpoint turned into lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def resume_point(state: LoopState, model: StagedModel, optimizer, scheduler, generator: torch.Generator) -> dict:
+    """A run after a whole epoch, complete enough that continuing from it gives the very run that was not stopped."""
+    return {"version": 1, "epochs_done": len(state.history), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "random": random_state(generator), "loop": {k: v for k, v in state.__dict__.items()}}
+
+
+def resume_from(point: dict, model: StagedModel, optimizer, scheduler, generator: torch.Generator) -> LoopState:
+    model.load_state_dict(point["model"])
+    optimizer.load_state_dict(point["optimizer"])
+    scheduler.load_state_dict(point["scheduler"])
+    restore_random_state(point["random"], generator)
+    return LoopState(**point["loop"])
+
+
+def should_stop_early(state: LoopState, cfg: TrainConfig, plan: RunPlan) -> bool:
+    """No val improvement for `patience` epochs, once the strategy's last phase has begun."""
+    return bool(cfg.patience) and state.stale >= cfg.patience and len(state.history) > plan.last_phase_start
+
+
 def fit(
     model: StagedModel,
     strategy: Strategy,
@@ -255,122 +449,55 @@ def fit(
     on_epoch=None,
     monitor=None,
     fabric=None,
+    resume: dict | None = None,
 ) -> FitResult:
     """Train `model` under `strategy`; keep the best-on-val weights. Ctrl-C stops cleanly after the batch.
 
     `on_checkpoint(state, epoch)` is called whenever val accuracy improves (the run directory saves it at
-    once, so an interruption or a crash loses nothing); `on_epoch(history)` after every epoch.
-    `monitor(model, epoch) -> dict` (e.g. `analysis.drift.ForgettingMonitor`) runs after evaluation; its values
-    join the epoch's history row. With several processes (`cfg.devices`), only the first calls the callbacks.
-    `fabric` is the engine that `api.train` started (default: one device, `cfg.device`).
+    once, so an interruption or a crash loses nothing); `on_epoch(history, resume_point)` after every epoch, with
+    what `resume=` takes to continue the run exactly from there. `monitor(model, epoch) -> dict` (e.g.
+    `analysis.drift.ForgettingMonitor`) runs after evaluation; its values join the epoch's history row. With
+    several processes (`cfg.devices`), only the first calls the callbacks. `fabric` is the engine that
+    `pipeline.train` started (default: one device, `cfg.device`).
     """
     fabric = fabric or engine.start(cfg.device)
-    device, first = fabric.device, fabric.is_global_zero  # `first`: the process that writes and reports
-    pre = model.preprocessing
-    model.to(device).to(memory_format=torch.channels_last)
-    epochs = cfg.epochs or strategy.epochs
-    augment = cfg.augment or strategy.augment
+    first = fabric.is_global_zero  # the process that writes and reports
+    torch.manual_seed(cfg.seed)  # the run's randomness (dropout, augmentation) follows its own seed only
     generator = torch.Generator().manual_seed(cfg.seed)
+    plan = plan_run(model, strategy, len(train), cfg, fabric.world_size)
+    model.to(fabric.device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, strategy, cfg.weight_decay))
-    batch_size = math.ceil(cfg.batch_size / fabric.world_size)  # per process: the global batch stays cfg.batch_size
-    steps_per_epoch = math.ceil(math.ceil(len(train) / fabric.world_size) / batch_size)
-    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
-    workers = cfg.num_workers if cfg.num_workers is not None else default_workers(augment)
-    last_phase_start = max(p.start_epoch for p in strategy.phases_for(len(model.stage_names)))
-
-    history: list[dict] = []
-    best_acc, best_epoch, best_state, stale = -1.0, -1, {}, 0
-    best_logits = best_labels = None
-    trainable: list[str] | None = None
-    interrupted = stopped_early = False
-    t_start = time.perf_counter()
-    penalty = None
-    if cfg.l2sp:  # L2-SP: the pretrained weights, captured before the first step, are what w is pulled toward
-        from headstart.analysis.drift import l2sp_anchor, l2sp_penalty
-
-        anchor = l2sp_anchor(model)
-        penalty = lambda: l2sp_penalty(anchor, cfg.l2sp)  # noqa: E731
-
-    def loaders(start: int):
-        """Train and val batches for a frozen prefix [0, start): cached activations where they are fixed."""
-        set_train_mode(model, trainable, strategy)  # frozen groups in eval mode before computing anything
-        common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache)
-        val_acts = prefix_activations(model, val.pixels, start, **common, source_key=val.key) if start else None
-        val_batch = 64 if val_acts is not None else inference_batch_size(pre.image_size, device)
-        val_batches = (DataLoader(TensorDataset(val_acts, val.labels), batch_size=val_batch) if val_acts is not None
-                       else DataLoader(PixelDataset(val.pixels, val.labels, eval_transform(pre)), batch_size=val_batch,
-                                       pin_memory=device.type == "cuda"))
-        # augmented views make the frozen prefix cacheable too
-        views = 0 if augment == "none" else cfg.views if cfg.views is not None else default_views(strategy, epochs, augment)
-        train_acts = None
-        if start and (augment == "none" or views):
-            train_acts = prefix_activations(model, train.pixels, start, **common, source_key=train.key,
-                                            views=views, augment_transform=train_transform(pre, augment),
-                                            augment=augment, seed=cfg.seed)
-        if train_acts is not None:
-            dataset = (ViewsDataset(train_acts, train.labels, generator) if views
-                       else TensorDataset(train_acts, train.labels))
-            sampler = engine.shard_sampler(dataset, fabric, cfg.seed)
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                                generator=generator)
-        else:
-            dataset = PixelDataset(train.pixels, train.labels, train_transform(pre, augment))
-            sampler = engine.shard_sampler(dataset, fabric, cfg.seed)
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                                generator=generator, num_workers=workers, persistent_workers=workers > 0,
-                                pin_memory=device.type == "cuda")
-        return fabric.setup_dataloaders(loader, use_distributed_sampler=False), val_batches
-
+    scheduler = lr_scheduler(optimizer, round(cfg.warmup_epochs * plan.steps_per_epoch),
+                             plan.epochs * plan.steps_per_epoch, plan.unfreeze_steps,
+                             round(cfg.unfreeze_warmup_epochs * plan.steps_per_epoch))
+    penalty = l2sp(model, cfg.l2sp)  # anchored before a resume point loads later weights
+    state = resume_from(resume, model, optimizer, scheduler, generator) if resume else LoopState()
+    phase, interrupted, stopped_early = None, False, False
     try:
         with progress_bar(transient=True) as bar:
-            epoch_task = bar.add_task(f"{strategy.name}", total=epochs)
-            for epoch in range(epochs):
-                now = trainable_groups(strategy, model.stage_names, epoch)
-                if now != trainable:
-                    trainable = now
-                    apply_trainable(model, trainable)
-                    start = first_trainable_stage(model, trainable)
-                    with fabric.rank_zero_first():  # the first process fills the feature cache, the others read it
-                        train_batches, val_batches = loaders(start)
-                    net = None  # drop the old wrapper: DDP must be rebuilt to see the groups that train now
-                    net = fabric.setup_module(model)
-                    info(f"epoch {epoch + 1}: training {', '.join(trainable)} "
-                         f"({count_params(model, trainable_only=True):,} parameters); frozen prefix: {start} stage groups")
-                if isinstance(train_batches.dataset, ViewsDataset):
-                    train_batches.dataset.new_epoch()
-                t0 = time.perf_counter()
-                set_train_mode(model, trainable, strategy)
-                lrs = group_lrs(optimizer)
-                batch_task = bar.add_task("  train", total=math.ceil(len(train) / fabric.world_size))
-                train_loss, train_acc = train_one_epoch(model, net, train_batches, start, pre, optimizer, scheduler,
-                                                        fabric, cfg.label_smoothing, bar, batch_task, penalty)
-                bar.remove_task(batch_task)
-                logits, labels = predict_batches(model, val_batches, start, pre, device)
-                val_loss = F.cross_entropy(logits, labels).item()
-                val_acc = (logits.argmax(1) == labels).float().mean().item()
-                row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                       "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
-                       "trainable": "+".join(trainable),
-                       **{f"lr_{g}": (lrs[g] if g in trainable else 0.0) for g in model.group_names}}
+            epoch_task = bar.add_task(strategy.name, total=plan.epochs, completed=len(state.history))
+            for epoch in range(len(state.history), plan.epochs):
+                trainable = trainable_groups(strategy, model.stage_names, epoch)
+                if phase is None or trainable != phase.trainable:
+                    t0 = time.perf_counter()
+                    phase = enter_phase(model, strategy, trainable, epoch, train, val, cfg, plan, fabric, generator)
+                    state.train_seconds += time.perf_counter() - t0
+                row, logits, labels = run_epoch(model, phase, epoch, strategy, optimizer, scheduler, cfg, fabric, bar,
+                                                penalty)
+                state.train_seconds += row["seconds"]
                 if monitor is not None and first:
+                    t0 = time.perf_counter()
                     row.update(monitor(model, epoch + 1))
-                history.append(row)
-                improved = val_acc > best_acc
-                if improved:
-                    best_acc, best_epoch, stale = val_acc, epoch + 1, 0
-                    best_logits, best_labels = logits, labels
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    if on_checkpoint and first:
-                        on_checkpoint(best_state, epoch + 1)
-                else:
-                    stale += 1
-                console.print(f"epoch {epoch + 1:>3}/{epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
-                              f"val loss {val_loss:.3f} acc {val_acc:.3f}{'  *' if improved else ''}  "
-                              f"({row['seconds']:.1f}s)")
+                    row["monitor_seconds"] = time.perf_counter() - t0
+                    state.monitor_seconds += row["monitor_seconds"]
+                improved = state.record(row, model, logits, labels)
+                print_epoch(row, plan.epochs, improved)
                 bar.advance(epoch_task)
-                if on_epoch and first:
-                    on_epoch(history)
-                if cfg.patience and stale >= cfg.patience and epoch + 1 > last_phase_start:
+                if first and improved and on_checkpoint:
+                    on_checkpoint(state.best_state, epoch + 1)
+                if first and on_epoch:
+                    on_epoch(state.history, resume_point(state, model, optimizer, scheduler, generator))
+                if should_stop_early(state, cfg, plan):
                     stopped_early = True
                     info(f"early stop: val accuracy has not improved for {cfg.patience} epochs")
                     break
@@ -379,5 +506,42 @@ def fit(
         console.print("[bold]interrupted[/]: keeping the best checkpoint so far")
     if not interrupted:
         engine.check_replicas_agree(fabric, model)
-    return FitResult(history, best_epoch, best_acc, best_state, interrupted, time.perf_counter() - t_start, stopped_early,
-                     val_logits=best_logits, val_labels=best_labels)
+    return FitResult(state.history, state.best_epoch, state.best_accuracy, state.best_state, interrupted,
+                     state.train_seconds, stopped_early, val_logits=state.best_logits, val_labels=state.best_labels,
+                     monitor_seconds=state.monitor_seconds)
+
+
+def run_epoch(model, phase: ActivePhase, epoch: int, strategy: Strategy, optimizer, scheduler, cfg: TrainConfig, fabric, bar,
+              penalty) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Train one epoch, then score val: the epoch's history row, and the val logits and labels."""
+    t0 = time.perf_counter()
+    if isinstance(phase.train_batches.dataset, ViewsDataset):
+        phase.train_batches.dataset.new_epoch()
+    set_train_mode(model, phase.trainable, strategy)
+    lrs = group_lrs(optimizer)  # the LRs the epoch starts with
+    task = bar.add_task("  train", total=math.ceil(len(phase.train_batches.dataset) / fabric.world_size))
+    train_loss, train_acc = train_one_epoch(model, phase.net, phase.train_batches, phase.start, model.preprocessing,
+                                            optimizer, scheduler, fabric, cfg.label_smoothing, bar, task, penalty)
+    bar.remove_task(task)
+    logits, labels = predict_batches(model, phase.val_batches, phase.start, model.preprocessing, fabric.device)
+    row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+           "val_loss": F.cross_entropy(logits, labels).item(),
+           "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+           "seconds": time.perf_counter() - t0, "trainable": "+".join(phase.trainable),
+           **{f"lr_{g}": (lrs[g] if g in phase.trainable else 0.0) for g in model.group_names}}
+    return row, logits, labels
+
+
+def print_epoch(row: dict, epochs: int, improved: bool) -> None:
+    console.print(f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.3f} acc {row['train_accuracy']:.3f}  "
+                  f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f}{'  *' if improved else ''}  "
+                  f"({row['seconds']:.1f}s)")
+
+
+def l2sp(model: StagedModel, alpha: float):
+    """L2-SP's penalty as a function of the current weights, anchored at the weights the run starts from
+    (pretrained; captured before the first step); None when alpha is 0."""
+    if not alpha:
+        return None
+    anchor = l2sp_anchor(model)
+    return lambda: l2sp_penalty(anchor, alpha)

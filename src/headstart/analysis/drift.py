@@ -11,7 +11,7 @@ A pretrained copy of the backbone (the reference) is kept aside: its weights are
 `train.fit` merges into each history row; it warns, with the fix, when early stage groups lose their
 pretrained features (the "lr = 0.01 on every layer" mistake).
 
-L2-SP (Li et al., 2018) is the matching remedy: `l2sp_penalty` adds alpha/2 * ||w - w0||^2 over the trainable
+L2-SP (Li et al., 2018) is the matching remedy: `train.l2sp_penalty` adds alpha/2 * ||w - w0||^2 over the trainable
 backbone parameters to the loss, pulling them toward the pretrained weights instead of toward zero.
 """
 
@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2.functional import center_crop
 
-from headstart.backbones import StagedModel
+from headstart.backbones import StagedModel, load_backbone
+from headstart.cache import decode_images
 from headstart.console import warn
-from headstart.features import inference_batch_size
-from headstart.transforms import Preprocessing, normalize_batch
+from headstart.data import imagenet_images
+from headstart.features import eval_view, inference_batch_size, pooled_stage_outputs
+from headstart.transforms import Preprocessing, eval_transform, normalize_batch
 
 PROBE_BATCH = 64  # training images whose features are compared with the pretrained ones (CKA)
 IMAGENET_IMAGES = 100  # capped old-task subset: on a CPU its forward pass costs about as much as 100 train steps
@@ -64,36 +65,9 @@ def relative_drift(current: torch.nn.Module, reference: torch.nn.Module) -> floa
     return (diff / ref) ** 0.5 if ref > 0 else 0.0
 
 
-def l2sp_anchor(model: StagedModel) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-    """Every backbone parameter with a frozen copy of its starting (pretrained) value. The head is left out:
-    it is new, so there is nothing to stay close to."""
-    return [(p, p.detach().clone()) for name in model.stage_names for p in model.group(name).parameters()]
-
-
-def l2sp_penalty(anchor: list[tuple[torch.nn.Parameter, torch.Tensor]], alpha: float) -> torch.Tensor:
-    """alpha/2 * sum ||w - w0||^2 over the parameters that currently train."""
-    terms = [(p - p0).pow(2).sum() for p, p0 in anchor if p.requires_grad]
-    return alpha / 2 * torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-@torch.no_grad()
-def pooled_stages(model: StagedModel, pixels: torch.Tensor, pre: Preprocessing) -> list[torch.Tensor]:
-    """Every stage group's output on uint8 images, average-pooled to CKA_POOL x CKA_POOL, on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    batch_size = inference_batch_size(pre.image_size, device)
-    outs: list[list[torch.Tensor]] = [[] for _ in model.stage_names]
-    for i in range(0, len(pixels), batch_size):
-        x = normalize_batch(pixels[i : i + batch_size].to(device), pre)
-        for k, act in enumerate(model.forward_stages(x)):
-            outs[k].append(F.adaptive_avg_pool2d(act.float(), CKA_POOL).cpu())
-    return [torch.cat(o) for o in outs]
-
-
-def as_batch(pixels: np.ndarray, pre: Preprocessing) -> torch.Tensor:
-    """Decoded uint8 store (N x S x S x 3) -> centre-cropped N x 3 x H x W: the evaluation view."""
-    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2)
-    return center_crop(x, [pre.image_size, pre.image_size])
+def cka_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing) -> list[torch.Tensor]:
+    """Every stage group's output, average-pooled to CKA_POOL x CKA_POOL: keeps where things are, at little memory."""
+    return pooled_stage_outputs(model, pixels, pre, lambda act: F.adaptive_avg_pool2d(act.float(), CKA_POOL))
 
 
 class ForgettingMonitor:
@@ -104,12 +78,12 @@ class ForgettingMonitor:
         self.reference = reference.eval().requires_grad_(False)
         self.l2sp = l2sp  # only to word the warning's fix
         self.pre = reference.preprocessing
-        self.probe = as_batch(probe_pixels[:PROBE_BATCH], self.pre)
-        self.before = pooled_stages(reference, self.probe, self.pre)
+        self.probe = np.asarray(probe_pixels[:PROBE_BATCH])
+        self.before = cka_features(reference, self.probe, self.pre)
         self.imagenet = None
         self.imagenet_top1_pretrained = None
         if imagenet is not None and reference.num_classes == 1000:
-            self.imagenet = (as_batch(imagenet[0], self.pre), imagenet[1])
+            self.imagenet = (eval_transform(self.pre)(eval_view(imagenet[0])), imagenet[1])
             self.imagenet_top1_pretrained = self._imagenet_top1(reference)
         self.warnings: list[str] = []
 
@@ -129,7 +103,7 @@ class ForgettingMonitor:
         return correct / len(labels)
 
     def __call__(self, model: StagedModel, epoch: int) -> dict:
-        after = pooled_stages(model, self.probe, self.pre)
+        after = cka_features(model, self.probe, self.pre)
         row = {}
         for k, name in enumerate(model.stage_names):
             row[f"drift_{name}"] = relative_drift(model.group(name), self.reference.group(name))
@@ -180,10 +154,6 @@ def imagenet_probe_folder(folder: str | None) -> Path | None:
 def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int = 0) -> ForgettingMonitor:
     """A monitor for a run: a pretrained reference copy of `cfg.model`, a fixed probe batch drawn (seeded)
     from the training images, and the capped ImageNet subset if a probe folder is found."""
-    from headstart.backbones import load_backbone
-    from headstart.cache import decode_images
-    from headstart.evaluate import imagenet_images
-
     reference = load_backbone(cfg.model, weights=cfg.weights)
     reference.preprocessing = pre
     pick = np.sort(np.random.default_rng(seed).permutation(len(train_pixels))[:PROBE_BATCH])
@@ -195,40 +165,3 @@ def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int =
         decoded = decode_images(images, pre, cfg.cache_dir, cfg.use_cache, label="decode ImageNet probe")
         imagenet = (decoded.pixels, torch.tensor([images.labels[i] for i in decoded.kept]))
     return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet, l2sp=cfg.l2sp)
-
-
-def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imagenet_top1_pretrained: float | None = None) -> Path:
-    """Per epoch: weight drift and CKA of every stage group, and the old task's top-1 if it was measured."""
-    from headstart.report.plots import plt
-
-    groups = [k[len("cka_"):] for k in history[0] if k.startswith("cka_")]
-    epochs = [r["epoch"] for r in history]
-    has_old = "imagenet_top1" in history[0]
-    fig, axes = plt.subplots(1, 3 if has_old else 2, figsize=(14 if has_old else 10, 3.8))
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(groups)))
-    for g, c in zip(groups, colours):
-        axes[0].plot(epochs, [float(r[f"drift_{g}"]) for r in history], "o-", color=c, label=g, ms=3)
-        axes[1].plot(epochs, [float(r[f"cka_{g}"]) for r in history], "o-", color=c, label=g, ms=3)
-    axes[0].set_ylabel("weight drift ||w - w0|| / ||w0||")
-    axes[1].set_ylabel("CKA with pretrained features")
-    axes[1].set_ylim(0, 1.05)
-    axes[1].legend(fontsize=7, ncol=2)
-    if has_old:
-        axes[2].plot(epochs, [float(r["imagenet_top1"]) for r in history], "o-", color="#d62728", label="fine-tuned backbone")
-        if imagenet_top1_pretrained is not None:
-            axes[2].axhline(imagenet_top1_pretrained, color="grey", ls=":", label="pretrained")
-        axes[2].set_ylabel("ImageNet top-1 (original head)")
-        axes[2].set_ylim(0, 1)
-        axes[2].legend(fontsize=8)
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

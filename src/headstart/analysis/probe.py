@@ -27,14 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2.functional import center_crop
 
 from headstart.backbones import StagedModel, load_backbone
 from headstart.cache import cache_root, decode_images, digest
 from headstart.console import info, warn_skipped
 from headstart.data import ImageSet, load_data, subsample_per_class
-from headstart.progress import progress_bar
-from headstart.transforms import Preprocessing, normalize_batch, suggest_image_size
+from headstart.features import pooled_stage_outputs
+from headstart.transforms import Preprocessing, suggest_image_size
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # logistic-regression weight decay, chosen per stage by CV
 
@@ -139,22 +138,10 @@ class BatchNormStatistics:
         self.close()
 
 
-@torch.no_grad()
-def stage_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, batch_size: int = 64,
-                   label: str = "features") -> list[torch.Tensor]:
-    """Globally pooled output of every stage group (a list of N x C tensors), one forward pass per image,
-    from the decoded uint8 store (centre-cropped, as for evaluation)."""
-    model.eval()
-    outs: list[list[torch.Tensor]] = [[] for _ in model.stage_names]
-    with progress_bar() as bar:
-        task = bar.add_task(f"{label} ({len(pixels)} images, all stages)", total=len(pixels))
-        for i in range(0, len(pixels), batch_size):
-            chunk = torch.from_numpy(np.array(pixels[i : i + batch_size])).permute(0, 3, 1, 2)
-            x = normalize_batch(center_crop(chunk, [pre.image_size, pre.image_size]), pre)
-            for k, act in enumerate(model.forward_stages(x)):
-                outs[k].append(model.head.features(act).float())
-            bar.advance(task, len(chunk))
-    return [torch.cat(o) for o in outs]
+def stage_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, label: str = "features") -> list[torch.Tensor]:
+    """Globally pooled output of every stage group (a list of N x C tensors): what a linear head on that stage
+    would see."""
+    return pooled_stage_outputs(model, pixels, pre, model.head.features, label=label)
 
 
 # ----------------------------------------------------------------------------------------- linear probes
@@ -278,27 +265,3 @@ def probe(data, *, model: str | StagedModel = "efficientnet_lite0", image_size: 
     info(f"probe: {report.n_train} train / {report.n_val} val images at {size}px, {len(stages)} stage groups, "
          f"{report.seconds:.1f}s")
     return report
-
-
-def plot_probe(report: ProbeReport, path: str | Path) -> Path:
-    """Linear-probe accuracy and domain similarity against depth: where do the features stop being general?"""
-    from headstart.report.plots import plt
-
-    depth = [s.depth for s in report.stages]
-    fig, (ax_acc, ax_sim) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_acc.plot(depth, [s.cv_accuracy for s in report.stages], "o-", label="train (k-fold CV)", color="#1f77b4")
-    ax_acc.plot(depth, [s.val_accuracy for s in report.stages], "s-", label="val", color="#d62728")
-    ax_acc.axhline(1 / len(report.classes), color="grey", ls=":", lw=1, label="chance")
-    ax_acc.set_ylabel("linear-probe accuracy")
-    ax_sim.plot(depth, [s.similarity if s.similarity is not None else float("nan") for s in report.stages], "o-", color="#2ca02c")
-    ax_sim.set_ylim(0, 1.05)
-    ax_sim.set_ylabel("similarity to pretraining data\n(BatchNorm statistics, exp(-KL))")
-    for ax in (ax_acc, ax_sim):
-        ax.set_xticks(depth, [s.stage for s in report.stages], rotation=45, ha="right")
-        ax.grid(alpha=0.3)
-    ax_acc.legend()
-    fig.suptitle(f"{report.model} on {Path(report.data).name} · {report.n_train} train images at {report.image_size}px")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

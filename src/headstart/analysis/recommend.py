@@ -9,8 +9,8 @@ different -> fine-tune everything (or train from scratch). Here both axes are me
     similarity  BatchNorm-statistics similarity to the pretraining data, low / high level <- probe
 
 and the decision is a short list of rules in `decide`, each of which writes the reason it fired in plain
-words with the numbers it used. `recommend(..., verify=True)` trains the pick and the runner-up for a few
-epochs on the same split and seed, and says whether the pick held.
+words with the numbers it used. `api.recommend(..., verify=True)` trains the pick and the runner-up for a
+few epochs on the same split and seed (`verification_configs`), and says whether the pick held.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from pathlib import Path
 from headstart.analysis.check import CheckReport, check_splits
 from headstart.analysis.probe import ProbeReport, probe
 from headstart.backbones import load_backbone
-from headstart.data import load_data
+from headstart.data import DataSplits, load_data
 from headstart.strategies import get_strategy, group_learning_rates
+from headstart.train import TrainConfig
 
 # The thresholds of the rules, in one place (see `decide`).
 FEW_IMAGES = 20  # per class: below this, training any backbone weights overfits
@@ -151,10 +152,10 @@ def command(data: str, hp: dict, per_class: int | None, classes: list[str] | Non
     return " ".join(parts)
 
 
-def recommend(data, *, model: str = "efficientnet_lite0", per_class: int | None = None, classes=None,
-              val_fraction: float = 0.2, seed: int = 0, image_size: int | None = None, verify: bool = False,
-              verify_epochs: int = 4, out: str | Path | None = None, cache_dir=None) -> Recommendation:
-    """Check (fast) and probe the data, decide, and optionally verify the pick against the runner-up."""
+def measure_and_decide(data, *, model: str = "efficientnet_lite0", per_class: int | None = None, classes=None,
+              val_fraction: float = 0.2, seed: int = 0, image_size: int | None = None,
+              cache_dir=None) -> tuple[Recommendation, DataSplits]:
+    """Check (fast) and probe the data, and decide; also the splits it measured, for a verification run."""
     splits = load_data(data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class)
     check = check_splits(splits, deep=False)
     report = probe(splits, model=load_backbone(model), image_size=image_size, seed=seed, cache_dir=cache_dir)
@@ -166,31 +167,28 @@ def recommend(data, *, model: str = "efficientnet_lite0", per_class: int | None 
     hp = hyperparameters(strategy, train_last, m, model)
     rec = Recommendation(strategy, reasons, hp, RUNNER_UP[strategy], m, command(data, hp, per_class, classes),
                          probe=report.to_dict())
-    if verify:
-        rec.verify = verify_pick(splits, rec, seed=seed, epochs=verify_epochs, out=out, cache_dir=cache_dir)
-    return rec
+    return rec, splits
 
 
-def verify_pick(splits, rec: Recommendation, *, seed: int = 0, epochs: int = 4, out=None, cache_dir=None) -> dict:
-    """Train the pick and the runner-up for `epochs` on the same split and seed (a short `compare`); the pick
-    holds if it is within 2 accuracy points of the better of the two."""
-    from headstart.api import train
-    from headstart.train import TrainConfig
-
-    out = Path(out or "runs/recommend-verify")
+def verification_configs(rec: Recommendation, *, seed: int = 0, epochs: int = 4, cache_dir=None) -> dict[str, TrainConfig]:
+    """The pick and the runner-up as short training runs on the same split and seed (`api.recommend` trains them)."""
     m = rec.measurements
-    results = {}
+    configs = {}
     for name in (rec.strategy, rec.runner_up):
         train_last = rec.hyperparameters["train_last"] if name == rec.strategy else None
         if name == "partial" and train_last is None:
             train_last = 1 if (m["high_level_similarity"] or 1) >= SIMILAR else 2
         hp = rec.hyperparameters if name == rec.strategy else hyperparameters(name, train_last, m, rec.hyperparameters["model"])
-        cfg = TrainConfig(model=hp["model"], strategy=name, train_last=hp["train_last"] if name == "partial" else None,
-                          lr_decay=hp["lr_decay"], epochs=min(epochs, hp["epochs"]), image_size=hp["image_size"],
-                          augment=hp["augment"], seed=seed, cache_dir=cache_dir)
-        run = train(splits, cfg, out / name, command="recommend --verify")
-        results[name] = {"best_val_accuracy": run["best_val_accuracy"], "epochs": run["epochs"],
-                         "train_seconds": run["train_seconds"], "run_dir": str(out / name)}
+        configs[name] = TrainConfig(model=hp["model"], strategy=name, train_last=hp["train_last"] if name == "partial" else None,
+                                    lr_decay=hp["lr_decay"], epochs=min(epochs, hp["epochs"]), image_size=hp["image_size"],
+                                    augment=hp["augment"], seed=seed, cache_dir=cache_dir)
+    return configs
+
+
+def verification_verdict(rec: Recommendation, runs: dict[str, dict], epochs: int) -> dict:
+    """The pick holds if it is within 2 accuracy points of the better of the two verification runs."""
+    results = {name: {"best_val_accuracy": run["best_val_accuracy"], "epochs": run["epochs"],
+                      "train_seconds": run["train_seconds"], "run_dir": run["run_dir"]} for name, run in runs.items()}
     best = max(results, key=lambda k: results[k]["best_val_accuracy"])
     gap = results[best]["best_val_accuracy"] - results[rec.strategy]["best_val_accuracy"]
     return {"results": results, "best": best, "held": gap <= 0.02, "gap": gap, "epochs": epochs}

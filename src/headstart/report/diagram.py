@@ -116,18 +116,9 @@ def write_diagram(rows: list[DiagramRow], path: str | Path, title: str | None = 
     return path
 
 
-def rows_from_configs(configs: list[dict]) -> list[DiagramRow]:
-    """Diagram rows of finished runs, rebuilt from their config.json files: the architecture is built once
-    per model (random weights: only its shape matters) and described under each run's strategy."""
-    from headstart.backbones import load_backbone
-    from headstart.strategies import Strategy, describe_strategy
-
-    models, rows = {}, []
-    for config in configs:
-        key = (config["model"], len(config["classes"]))
-        if key not in models:
-            models[key] = load_backbone(config["model"], pretrained=False)
-            models[key].reset_head(len(config["classes"]))
-        strategy = Strategy.from_dict(config["strategy"])
-        rows.append(DiagramRow(strategy.name, strategy.pretrained, describe_strategy(strategy, models[key])))
-    return rows
+def diagram_row(config: dict, label: str | None = None) -> DiagramRow | None:
+    """The diagram row a run recorded in its config.json (`groups`: describe_strategy at the start of the run);
+    None for runs made before headstart recorded it. Reports read records; they never build a model."""
+    if "groups" not in config:
+        return None
+    return DiagramRow(label or config["strategy"]["name"], config["strategy"].get("pretrained", True), config["groups"])

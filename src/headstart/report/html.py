@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.report.diagram import DiagramRow, human, rows_from_configs, strategy_diagram
+from headstart.report.diagram import DiagramRow, diagram_row, human, strategy_diagram
 from headstart.report.markdown import data_name, findings, pct, pts, results_rows
 from headstart.report.plots import plot_confusion, plot_curves, plt
-from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, read_history, read_run
+from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, best_run, read_history, read_run, run_dir
 from headstart.strategies import Strategy, parse_label, what_trains
 
 GRID_FILE = "val_grid.json"
@@ -231,18 +231,14 @@ def results_table(summary: dict) -> str:
 
 
 def compare_html(out: Path, summary: dict) -> str:
-    from headstart.compare import best_run, run_dir
-
     setup = summary["setup"]
     seeds = setup["seeds"]
     facts = findings(summary)
     curves = {name: mean_curves([read_history(run_dir(out, name, s) / HISTORY_FILE) for s in seeds])
               for name in setup["strategies"]}
     chance = 1 / len(setup["classes"])
-    diagram_rows = rows_from_configs([json.loads((run_dir(out, name, seeds[0]) / CONFIG_FILE).read_text())
-                                      for name in summary["ranking"]])
-    for row, label in zip(diagram_rows, summary["ranking"]):
-        row.strategy = label  # partial:3 and partial side by side
+    diagram_rows = [diagram_row(json.loads((run_dir(out, name, seeds[0]) / CONFIG_FILE).read_text()), label=name)
+                    for name in summary["ranking"]]  # labelled as compared: partial:3 and partial side by side
     confusions = []
     for name in summary["ranking"]:
         cm = sum(np.asarray(read_run(run_dir(out, name, s))["val_metrics"]["confusion_matrix"]) for s in seeds)
@@ -270,7 +266,7 @@ def compare_html(out: Path, summary: dict) -> str:
         f'<p class="note">Means over {len(seeds)} seed(s). Dotted line: chance ({chance:.0%}). '
         "Shaded: train − val, the overfitting gap.</p>",
         "<h2>What trains under each strategy</h2>",
-        strategy_diagram(diagram_rows),
+        diagram_or_note(diagram_rows),
         "<h2>Confusion matrices</h2>", f'<div class="cms">{"".join(confusions)}</div>',
         f"<h2>Val predictions of the winner ({escape(summary['winner'])}, seed {read_run(winner_dir)['seed']})</h2>",
         grid_html(read_grid(winner_dir)),
@@ -289,14 +285,22 @@ def write_compare_report(out: str | Path, summary: dict) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ one run
-def run_html(run_dir: Path, diagram: DiagramRow | None = None) -> str:
+def diagram_or_note(rows: list[DiagramRow | None]) -> str:
+    """The frozen/trainable diagram of the rows the runs recorded, or a note for runs too old to have them."""
+    recorded = [r for r in rows if r is not None]
+    if not recorded:
+        return "<p>(not recorded: these runs predate the diagram's record in config.json)</p>"
+    return strategy_diagram(recorded)
+
+
+def run_html(run_dir: Path) -> str:
     run = read_run(run_dir)
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     history = read_history(run_dir / HISTORY_FILE)
     last = history[-1]
     gap = last["train_accuracy"] - last["val_accuracy"]
     name = run["strategy"]
-    diagram = strategy_diagram([diagram or rows_from_configs([config])[0]])
+    diagram = diagram_or_note([diagram_row(config)])
     curves = png_file_uri(lambda buf: plot_curves(history, buf, f"{run['model']} · {name}"))
     confusion = png_file_uri(lambda buf: plot_confusion(run["val_metrics"]["confusion_matrix"], run["classes"], buf,
                                                         f"val accuracy {run['val_metrics']['accuracy']:.3f}"))
@@ -320,9 +324,9 @@ def run_html(run_dir: Path, diagram: DiagramRow | None = None) -> str:
     return page(f"headstart: {name} {pct(run['best_val_accuracy'])}", "\n".join(body))
 
 
-def write_run_report(run_dir: str | Path, diagram: DiagramRow | None = None) -> Path:
-    """report.html of one run; `diagram` saves rebuilding the model when the caller has it at hand."""
+def write_run_report(run_dir: str | Path) -> Path:
+    """report.html of one run, from its records."""
     run_dir = Path(run_dir)
     path = run_dir / "report.html"
-    atomic_write_text(path, run_html(run_dir, diagram))
+    atomic_write_text(path, run_html(run_dir))
     return path

@@ -1,4 +1,5 @@
-"""Figures people would rather look at than read: learning curves and confusion matrices."""
+"""Figures people would rather look at than read: learning curves, confusion matrices, what fine-tuning
+changed (the forgetting monitor) and what transfers (the probe)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,58 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imagenet_top1_pretrained: float | None = None) -> Path:
+    """Per epoch: weight drift and CKA of every stage group, and the old task's top-1 if it was measured."""
+    groups = [k[len("cka_"):] for k in history[0] if k.startswith("cka_")]
+    epochs = [r["epoch"] for r in history]
+    has_old = "imagenet_top1" in history[0]
+    fig, axes = plt.subplots(1, 3 if has_old else 2, figsize=(14 if has_old else 10, 3.8))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(groups)))
+    for g, c in zip(groups, colours):
+        axes[0].plot(epochs, [float(r[f"drift_{g}"]) for r in history], "o-", color=c, label=g, ms=3)
+        axes[1].plot(epochs, [float(r[f"cka_{g}"]) for r in history], "o-", color=c, label=g, ms=3)
+    axes[0].set_ylabel("weight drift ||w - w0|| / ||w0||")
+    axes[1].set_ylabel("CKA with pretrained features")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].legend(fontsize=7, ncol=2)
+    if has_old:
+        axes[2].plot(epochs, [float(r["imagenet_top1"]) for r in history], "o-", color="#d62728", label="fine-tuned backbone")
+        if imagenet_top1_pretrained is not None:
+            axes[2].axhline(imagenet_top1_pretrained, color="grey", ls=":", label="pretrained")
+        axes[2].set_ylabel("ImageNet top-1 (original head)")
+        axes[2].set_ylim(0, 1)
+        axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_probe(report, path: str | Path) -> Path:
+    """Linear-probe accuracy and domain similarity against depth: where do the features stop being general?"""
+    depth = [s.depth for s in report.stages]
+    fig, (ax_acc, ax_sim) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_acc.plot(depth, [s.cv_accuracy for s in report.stages], "o-", label="train (k-fold CV)", color="#1f77b4")
+    ax_acc.plot(depth, [s.val_accuracy for s in report.stages], "s-", label="val", color="#d62728")
+    ax_acc.axhline(1 / len(report.classes), color="grey", ls=":", lw=1, label="chance")
+    ax_acc.set_ylabel("linear-probe accuracy")
+    ax_sim.plot(depth, [s.similarity if s.similarity is not None else float("nan") for s in report.stages], "o-", color="#2ca02c")
+    ax_sim.set_ylim(0, 1.05)
+    ax_sim.set_ylabel("similarity to pretraining data\n(BatchNorm statistics, exp(-KL))")
+    for ax in (ax_acc, ax_sim):
+        ax.set_xticks(depth, [s.stage for s in report.stages], rotation=45, ha="right")
+        ax.grid(alpha=0.3)
+    ax_acc.legend()
+    fig.suptitle(f"{report.model} on {Path(report.data).name} · {report.n_train} train images at {report.image_size}px")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
