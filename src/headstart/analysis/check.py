@@ -43,10 +43,10 @@ NEAR_DUPLICATE_BITS = 4  # dHash Hamming distance (of 64) at or below which two 
 SMALL_IMAGE = 32  # shorter side in pixels
 BLANK_STD = 2.0  # grey levels: an image this flat is reported as blank; a hash this flat is noise, so not matched
 THUMBNAIL_SIDE = 64  # grey thumbnails that confirm candidates and find blank images
-NEAR_DUPLICATE_CORR = 0.85  # correlation of the 64x64 thumbnails that confirms a candidate pair. Measured by eye
-# (bench/check_duplicates.py, docs/analysis.md): real copies 0.86-1.00 on fer2013, different faces <= 0.81;
-# different pacs sketches reach 0.88 (3 of 1,516 candidates pass). The price: 3 of 45 CIFAR copies (a shifted
-# crop, an overlaid caption) fall to 0.72-0.82 and are no longer reported.
+NEAR_DUPLICATE_CORR = 0.85  # correlation of the 64x64 thumbnails that confirms a candidate pair. Looked at by eye
+# (bench/check_duplicates.py, docs/analysis.md): copies 0.86-1.00 on fer2013 (20 pairs), different faces <= 0.81;
+# different pacs sketches reach 0.88 (3 of 2,241 candidates pass, against 1,516 at 16x16 >= 0.7). The price:
+# 3 of 45 CIFAR copies (shifted crops, an overlaid caption) correlate 0.72-0.82 and are no longer reported.
 
 
 @dataclass
@@ -122,7 +122,7 @@ def check_splits(splits: DataSplits, *, deep: bool = True, near_bits: int = NEAR
     refs = [("train", r, y) for r, y in zip(splits.train.refs, splits.train.labels)] + \
            [("val", r, y) for r, y in zip(splits.val.refs, splits.val.labels)]
     if deep:
-        found, images, unreadable = _inspect_images(items)
+        found, images, unreadable = inspect_images(items)
         problems += unreadable + _image_problems(images, found, refs)
         exact = [f["content"] for f in found]
         problems += _duplicate_problems(refs, exact, splits.classes, "duplicate", "identical")
@@ -199,7 +199,7 @@ def _file_key(images: ImageSet, ref: str) -> str | None:
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
-def _decode(images: ImageSet, ref: str) -> tuple[Image.Image, tuple[int, int], str]:
+def decode_image(images: ImageSet, ref: str) -> tuple[Image.Image, tuple[int, int], str]:
     """The image as training reads it, with its stored size and colour mode. Files are decoded at a reduced
     JPEG scale (both sides still >= THUMBNAIL_SIDE): everything the check computes is that small or smaller."""
     if images.read is read_rgb:
@@ -229,19 +229,19 @@ def thumbnail_confirmation(items: list[tuple[ImageSet, str]]):
 
     @functools.cache
     def thumbnail(i: int) -> np.ndarray:
-        return grey_thumbnail(_decode(*items[i])[0])
+        return grey_thumbnail(decode_image(*items[i])[0])
 
     return lambda i, j: thumbnail_correlation(thumbnail(i), thumbnail(j)) >= NEAR_DUPLICATE_CORR
 
 
-def _inspect_images(items: list[tuple[ImageSet, str]]) -> tuple[list[dict], dict, list[Problem]]:
+def inspect_images(items: list[tuple[ImageSet, str]]) -> tuple[list[dict], dict, list[Problem]]:
     """Decode every image once (threads: Pillow releases the GIL): size, mode, content hash and dHash."""
 
     def one(item) -> dict:
         images, ref = item
         out = {"ref": ref, "size": None, "mode": None, "content": None, "dhash": None, "error": None, "blank": False}
         try:
-            img, out["size"], out["mode"] = _decode(images, ref)
+            img, out["size"], out["mode"] = decode_image(images, ref)
             pixels = np.asarray(img)
             out["content"] = hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest()
             # a fine regular texture (stripes, a chequerboard) averages to flat at the hash's 9x8 pixels but not at
