@@ -24,6 +24,7 @@ import hashlib
 import os
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -222,7 +223,7 @@ def thumbnail_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / norm if norm > 0 else 0.0
 
 
-def thumbnail_confirmation(items: list[tuple[ImageSet, str]]):
+def thumbnail_confirmation(items: list[tuple[ImageSet, str]]) -> Callable[[int, int], bool]:
     """`confirm(i, j)` for `near_duplicate_pairs`: the 64x64 thumbnails of items i and j correlate at
     NEAR_DUPLICATE_CORR or more. Thumbnails are decoded again on demand, once each: only images in a
     candidate pair need one, and keeping 16 KB for every image of a large set would not pay."""
@@ -317,7 +318,7 @@ def popcount(x: np.ndarray) -> np.ndarray:
 
 
 def near_duplicate_pairs(hashes: np.ndarray, usable: np.ndarray, max_bits: int,
-                         confirm=None) -> list[tuple[int, int, int]]:
+                         confirm: Callable[[int, int], bool] | None = None) -> list[tuple[int, int, int]]:
     """Pairs (i, j, bits), i < j, of usable images whose dHashes differ in at most `max_bits` bits, each pair
     accepted by `confirm(i, j)` when given; closest first. Indices are into `hashes`.
 
