@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from headstart.analysis.check import check_data, dhash
+from headstart.analysis.check import (IMBALANCE_HANDLING, check_data, class_imbalance, dhash, grey_thumbnail,
+                                      near_duplicate_pairs, thumbnail_correlation)
 
 
 def blobs(seed: int, size: int = 48) -> Image.Image:
@@ -86,6 +87,8 @@ def test_imbalance_tiny_class_and_greyscale(tmp_path):
     found = kinds(report)
     assert report.imbalance_ratio == 10.0
     assert {"imbalance", "tiny-class", "greyscale"} <= set(found)
+    assert found["imbalance"].severity == "warning"  # 10:1: train's pre-flight prints it too
+    assert IMBALANCE_HANDLING in found["imbalance"].fix and "more 'b' images" in found["imbalance"].fix
     assert report.ok  # warnings, no errors
 
 
@@ -130,3 +133,126 @@ def test_popcount_fallback_matches_numpy():
     expected = [[0, 1, 2], [64, 1, 8]]
     assert popcount(x).tolist() == expected
     assert np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(-1).tolist() == expected  # the numpy<2 path
+
+
+# ------------------------------------------------------------------------------------------- near duplicates
+def noisy_chain(seed: int = 108) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """A, B, C on a line: B is A plus fine noise, C is A plus twice that noise. Each step keeps the picture
+    (same dHash, thumbnails correlate > 0.9), but A and C are two steps apart and correlate < 0.8."""
+    base = np.asarray(blobs(seed, 64), dtype=np.float32)
+    noise = np.random.default_rng(seed).standard_normal((64, 64, 1)) * base.mean(2).std() * 0.45
+    return tuple(Image.fromarray(np.clip(base + k * noise, 0, 255).round().astype(np.uint8)) for k in (0, 1, 2))
+
+
+def similarity(x: Image.Image, y: Image.Image) -> tuple[int, float]:
+    """(dHash bits apart, thumbnail correlation): the two numbers check's near-duplicate test reads."""
+    return bin(dhash(x)[0] ^ dhash(y)[0]).count("1"), thumbnail_correlation(grey_thumbnail(x), grey_thumbnail(y))
+
+
+def test_a_chain_of_near_duplicates_is_not_one_group(tmp_path):
+    """The report from the field: a near-duplicate label conflict whose example showed two images of the same
+    class. A~B (both blowhole) and B~C (crack) chained A, B and C into one mixed group shown by A and B."""
+    a, b, c = noisy_chain()
+    assert similarity(a, b)[1] > 0.9 and similarity(b, c)[1] > 0.9 and similarity(a, c)[1] < 0.8  # the premise
+    root = make_clean(tmp_path, classes=("blowhole", "crack"))
+    a.save(root / "train/blowhole/a.png")
+    b.save(root / "train/blowhole/b.png")
+    c.save(root / "train/crack/c.png")
+    found = kinds(check_data(root))
+    conflict = found["near-duplicate-label-conflict"]
+    assert sorted(conflict.files) == [str(root / "train/blowhole/b.png"), str(root / "train/crack/c.png")]
+    assert f"blowhole ({root / 'train/blowhole/b.png'}) vs crack ({root / 'train/crack/c.png'})" in conflict.message
+    assert conflict.message.startswith("1 pair of near-identical images (2 images)")
+    repeat = found["near-duplicate"]  # A~B stays reported, as what it is: one class's near copies
+    assert sorted(repeat.files) == [str(root / "train/blowhole/a.png"), str(root / "train/blowhole/b.png")]
+
+
+def test_a_real_near_duplicate_under_two_labels_is_a_conflict_shown_by_both_labels(tmp_path):
+    root = make_clean(tmp_path)
+    Image.open(root / "train/ants/5.png").resize((40, 40)).save(root / "train/bees/relabelled.jpg", quality=85)
+    conflict = kinds(check_data(root))["near-duplicate-label-conflict"]
+    assert sorted(conflict.files) == [str(root / "train/ants/5.png"), str(root / "train/bees/relabelled.jpg")]
+    assert f"ants ({root / 'train/ants/5.png'}) vs bees ({root / 'train/bees/relabelled.jpg'})" in conflict.message
+
+
+def test_identical_copies_under_two_labels_are_shown_by_two_labels(tmp_path):
+    root = make_clean(tmp_path)
+    shutil.copy(root / "train/ants/1.png", root / "train/ants/1b.png")  # the group is ants, ants, bees
+    shutil.copy(root / "train/ants/1.png", root / "train/bees/x.png")
+    conflict = kinds(check_data(root))["duplicate-label-conflict"]
+    assert f"ants ({root / 'train/ants/1.png'}) vs bees ({root / 'train/bees/x.png'})" in conflict.message
+
+
+def test_near_duplicate_pairs_are_measured_pairs_closest_first():
+    hashes = np.array([0b0, 0b1111, 0b1111_1111, 0b1110], dtype=np.uint64)  # 0~1 (4 bits), 1~2 (4), 0..2: 8 apart
+    usable = np.array([True, True, True, True])
+    assert near_duplicate_pairs(hashes, usable, 4) == [(1, 3, 1), (0, 3, 3), (0, 1, 4), (1, 2, 4)]
+    assert near_duplicate_pairs(hashes, np.array([True, True, True, False]), 4) == [(0, 1, 4), (1, 2, 4)]
+    unconfirmed = near_duplicate_pairs(hashes, usable, 4, confirm=lambda i, j: 2 not in (i, j))
+    assert unconfirmed == [(1, 3, 1), (0, 3, 3), (0, 1, 4)]
+
+
+def test_a_fine_texture_is_not_blank_but_a_flat_image_is(tmp_path):
+    root = make_clean(tmp_path)
+    stripes = np.zeros((128, 144), dtype=np.uint8)
+    stripes[:, np.arange(144) % 8 < 4] = 255  # 8-px stripes: every 16-px cell of the 9x8 hash averages to grey
+    assert dhash(Image.fromarray(stripes))[1]  # too flat for the hash ...
+    Image.fromarray(stripes).save(root / "train/ants/stripes.png")
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(root / "train/bees/flat.png")
+    assert kinds(check_data(root))["blank"].files == [str(root / "train/bees/flat.png")]  # ... but not blank
+
+
+# ------------------------------------------------------------------------------------------- imbalance
+def make_counts(root, counts: dict[str, int], n_val: int = 4):
+    """Class folders with `counts[c]` training images each, all distinct pictures."""
+    seed = 5000
+    for c, n in counts.items():
+        for split, k in (("train", n), ("val", n_val)):
+            (root / split / c).mkdir(parents=True)
+            for i in range(k):
+                seed += 1
+                blobs(seed).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_moderate_imbalance_is_reported_with_its_numbers_and_what_headstart_does(tmp_path):
+    from headstart.analysis.check import preflight
+    from headstart.data import load_data
+
+    root = make_counts(tmp_path, {"big": 24, "mid": 16, "small": 12})
+    report = check_data(root)
+    assert report.imbalance == {"ratio": 2.0, "largest": "big", "smallest": "small",
+                                "counts": {"big": 24, "mid": 16, "small": 12}, "handling": IMBALANCE_HANDLING}
+    problem = kinds(report)["imbalance"]
+    assert problem.severity == "info"  # headstart handles it: `train` does not nag
+    assert "2.0:1" in problem.message and "big (24)" in problem.message and "small (12)" in problem.message
+    assert "big 24, mid 16, small 12" in problem.message
+    assert "balanced accuracy" in problem.fix and "--balance" in problem.fix
+    assert preflight(load_data(root)) == []
+
+
+def test_balanced_classes_are_not_flagged(tmp_path):
+    report = check_data(make_counts(tmp_path, {"a": 12, "b": 12, "c": 11}))
+    assert report.imbalance is None and "imbalance" not in kinds(report)
+
+
+def test_imbalance_fires_above_one_and_a_half_times_the_smallest_class():
+    assert class_imbalance({"a": 15, "b": 10}) is None  # exactly 1.5: not more than
+    assert class_imbalance({"a": 16, "b": 10})["ratio"] == 1.6
+    assert class_imbalance({"a": 16, "b": 10, "empty": 0})["smallest"] == "b"  # an empty class is its own error
+    assert class_imbalance({"a": 30}) is None
+
+
+def test_cli_check_shows_the_imbalance_in_text_and_json(tmp_path):
+    from headstart.cli import app
+
+    root = make_counts(tmp_path, {"ants": 20, "bees": 10})
+    text = CliRunner().invoke(app, ["check", str(root)])
+    assert text.exit_code == 0, text.output
+    flat = " ".join(text.output.split())  # rich wraps long lines
+    assert "imbalanced 2.0:1, largest ants (20) to smallest bees (10)" in flat
+    assert " ".join(IMBALANCE_HANDLING.split()) in flat
+    report = json.loads(CliRunner().invoke(app, ["check", str(root), "--json"]).stdout)
+    assert report["imbalance"]["ratio"] == 2.0
+    assert report["imbalance"]["counts"] == {"ants": 20, "bees": 10}
+    assert (report["imbalance"]["largest"], report["imbalance"]["smallest"]) == ("ants", "bees")

@@ -7,18 +7,24 @@ Two depths, because `train` runs the first before every run and must stay quick:
     deep   + every image decoded (unreadable files, named), sizes and colour modes, blank images, and
            pixel-identical and near-duplicate images (a 64-bit difference hash, dHash) within and across splits
 
-Near duplicates are found by Hamming distance between dHashes: the image is shrunk to 9x8 grey pixels and
-each bit says whether a pixel is brighter than its right neighbour, so re-encoding, resizing and small
-colour changes keep the hash within a few bits. A duplicate across train and val inflates val accuracy;
-the same picture under two labels is a labelling error.
+Near duplicates are found in two steps. A 64-bit difference hash (dHash: the image shrunk to 9x8 grey
+pixels, each bit saying whether a pixel is brighter than its right neighbour) proposes candidate pairs
+within a few bits of each other, cheaply over all pairs; re-encoding, resizing and small colour changes
+keep a copy within those bits. The hash sees only the coarse layout, so each candidate is then confirmed by
+the correlation of the two images' 64x64 grey thumbnails: a copy stays similar at that scale, two different
+pictures that share a layout (two centred guitar sketches, two close-up faces) do not.
+A duplicate across train and val inflates val accuracy; the same picture under two labels is a labelling
+error. Both are reported as pairs that were each measured, never as chains (see `near_duplicate_pairs`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +36,18 @@ from headstart.data import DataSplits, ImageSet, load_data
 from headstart.images import UnreadableImage, read_rgb
 
 TINY_CLASS = 10  # fewer training images than this: a class the model can barely learn, and val is noise
-IMBALANCE_WARN = 3.0  # largest / smallest class
-NEAR_DUPLICATE_BITS = 4  # dHash Hamming distance (of 64) at or below which two images count as near duplicates
+IMBALANCE_FLAG = 1.5  # largest / smallest training class above which check reports the imbalance (info)
+IMBALANCE_WARN = 3.0  # ... and above which it is a warning that `train` prints too
+IMBALANCE_HANDLING = ("selection and the headline use balanced accuracy; training counters it with class weighting "
+                      "— see `--balance`")
+NEAR_DUPLICATE_BITS = 4  # dHash Hamming distance (of 64) at or below which two images are near-duplicate candidates
 SMALL_IMAGE = 32  # shorter side in pixels
-BLANK_STD = 2.0  # grey levels: a hash of a flat image is noise, so such images are reported, not matched
-NEAR_DUPLICATE_CORR = 0.7  # a dHash match is confirmed by this correlation of 16x16 grey thumbnails: on tiny,
-# blurry images (CIFAR) 64 bits alone match different pictures; real near copies measured 0.74-0.96 there
+BLANK_STD = 2.0  # grey levels: an image this flat is reported as blank; a hash this flat is noise, so not matched
+THUMBNAIL_SIDE = 64  # grey thumbnails that confirm candidates and find blank images
+NEAR_DUPLICATE_CORR = 0.85  # correlation of the 64x64 thumbnails that confirms a candidate pair. Looked at by eye
+# (bench/check_duplicates.py, docs/analysis.md): copies 0.86-1.00 on fer2013 (20 pairs), different faces <= 0.81;
+# different pacs sketches reach 0.88 (3 of 2,241 candidates pass, against 1,516 at 16x16 >= 0.7). The price:
+# 3 of 45 CIFAR copies (shifted crops, an overlaid caption) correlate 0.72-0.82 and are no longer reported.
 
 
 @dataclass
@@ -52,10 +64,11 @@ class CheckReport:
     source: str
     classes: list[str]
     counts: dict[str, dict[str, int]]  # split -> class -> images
-    imbalance_ratio: float | None
+    imbalance_ratio: float | None  # largest / smallest training class, always (None without training images)
     problems: list[Problem]
     deep: bool
     images: dict = field(default_factory=dict)  # deep only: sizes and modes
+    imbalance: dict | None = None  # only when flagged: ratio, largest, smallest, counts (train), handling
 
     @property
     def ok(self) -> bool:
@@ -97,42 +110,65 @@ def check_splits(splits: DataSplits, *, deep: bool = True, near_bits: int = NEAR
     counts = {"train": splits.train.counts(), "val": splits.val.counts()}
     problems += _count_problems(counts)
     nonzero = [n for n in counts["train"].values() if n > 0]
-    imbalance = max(nonzero) / min(nonzero) if nonzero else None
-    if imbalance and imbalance >= IMBALANCE_WARN:
-        small = min((c for c, n in counts["train"].items() if n > 0), key=counts["train"].get)
-        big = max(counts["train"], key=counts["train"].get)
-        problems.append(Problem(
-            "imbalance", "warning",
-            f"classes are imbalanced {imbalance:.1f}:1 ({big}: {counts['train'][big]}, {small}: {counts['train'][small]} "
-            "training images); plain accuracy will flatter the model",
-            f"collect more '{small}' images, or cap the large classes with --per-class {max(counts['train'][small] * 2, 10)}; "
-            "judge by balanced accuracy"))
+    imbalance_ratio = max(nonzero) / min(nonzero) if nonzero else None
+    imbalance = class_imbalance(counts["train"])
+    if imbalance:
+        problems.append(_imbalance_problem(imbalance))
     if splits.skipped:
         problems.append(Problem("not-an-image", "info", f"{len(splits.skipped)} files in the class folders are not images "
                                 "and are ignored", "move them out of the data folder", [f for f, _ in splits.skipped]))
 
     images: dict = {}
+    items = [(splits.train, r) for r in splits.train.refs] + [(splits.val, r) for r in splits.val.refs]
     refs = [("train", r, y) for r, y in zip(splits.train.refs, splits.train.labels)] + \
            [("val", r, y) for r, y in zip(splits.val.refs, splits.val.labels)]
     if deep:
-        found, images, unreadable = _inspect_images(splits)
+        found, images, unreadable = inspect_images(items)
         problems += unreadable + _image_problems(images, found, refs)
         exact = [f["content"] for f in found]
         problems += _duplicate_problems(refs, exact, splits.classes, "duplicate", "identical")
         hashes = np.array([f["dhash"] if f["dhash"] is not None else 0 for f in found], dtype=np.uint64)
         usable = np.array([f["dhash"] is not None for f in found])
-        thumbs = [f["thumb"] for f in found]
-        near = _near_groups(hashes, usable, near_bits,
-                            confirm=lambda i, j: np.corrcoef(thumbs[i], thumbs[j])[0, 1] >= NEAR_DUPLICATE_CORR)
-        exact_groups = {frozenset(g) for g in _groups_by_key(exact)}
-        near = [g for g in near if frozenset(g) not in exact_groups]
-        problems += _group_problems(refs, near, splits.classes, "near-duplicate", "near-identical")
+        pairs = near_duplicate_pairs(hashes, usable, near_bits, confirm=thumbnail_confirmation(items))
+        pairs = [(i, j, bits) for i, j, bits in pairs if exact[i] != exact[j]]  # identical pairs are reported above
+        problems += _near_pair_problems(refs, pairs, splits.classes)
     else:
-        keys = [_file_key(splits.train, r) for r in splits.train.refs] + [_file_key(splits.val, r) for r in splits.val.refs]
+        keys = [_file_key(image_set, r) for image_set, r in items]
         problems += _duplicate_problems(refs, keys, splits.classes, "duplicate", "byte-identical")
     order = {"error": 0, "warning": 1, "info": 2}
     problems.sort(key=lambda p: order[p.severity])
-    return CheckReport(splits.source, splits.classes, counts, imbalance, problems, deep, images)
+    return CheckReport(splits.source, splits.classes, counts, imbalance_ratio, problems, deep, images, imbalance)
+
+
+def class_imbalance(train_counts: dict[str, int]) -> dict | None:
+    """The numbers behind an imbalance worth reporting (largest class over IMBALANCE_FLAG times the smallest
+    non-empty one), else None. Empty classes are left out: they are an error of their own, not a ratio."""
+    present = {c: n for c, n in train_counts.items() if n > 0}
+    if len(present) < 2:
+        return None
+    largest, smallest = max(present, key=present.get), min(present, key=present.get)
+    ratio = present[largest] / present[smallest]
+    if ratio <= IMBALANCE_FLAG:
+        return None
+    return {"ratio": round(ratio, 2), "largest": largest, "smallest": smallest, "counts": dict(train_counts),
+            "handling": IMBALANCE_HANDLING}
+
+
+def _imbalance_problem(imbalance: dict) -> Problem:
+    """Info up to IMBALANCE_WARN, because headstart handles a moderate imbalance itself (so `train` stays quiet
+    about it); a warning beyond, where the small class's few images limit what any weighting can do."""
+    counts, small, big, ratio = imbalance["counts"], imbalance["smallest"], imbalance["largest"], imbalance["ratio"]
+    severity = "warning" if ratio >= IMBALANCE_WARN else "info"
+    message = (f"training classes are imbalanced {ratio:.1f}:1, "
+               f"largest {big} ({counts[big]}) to smallest {small} ({counts[small]})")
+    if len(counts) > 2:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+        message += "; per class " + ", ".join(f"{c} {n}" for c, n in ranked[:8]) + (" ..." if len(ranked) > 8 else "")
+    fix = IMBALANCE_HANDLING
+    if severity == "warning":
+        cap = max(counts[small] * 2, 10)
+        fix += f"; more '{small}' images help most (or cap the large classes with --per-class {cap})"
+    return Problem("imbalance", severity, message, fix)
 
 
 def _count_problems(counts: dict[str, dict[str, int]]) -> list[Problem]:
@@ -164,27 +200,56 @@ def _file_key(images: ImageSet, ref: str) -> str | None:
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
-def _inspect_images(splits: DataSplits) -> tuple[list[dict], dict, list[Problem]]:
+def decode_image(images: ImageSet, ref: str) -> tuple[Image.Image, tuple[int, int], str]:
+    """The image as training reads it, with its stored size and colour mode. Files are decoded at a reduced
+    JPEG scale (both sides still >= THUMBNAIL_SIDE): everything the check computes is that small or smaller."""
+    if images.read is read_rgb:
+        with Image.open(ref) as header:
+            size, mode = header.size, header.mode
+        return read_rgb(ref, min_size=THUMBNAIL_SIDE), size, mode
+    img = images.read(ref)
+    return img, img.size, "L" if img.mode == "L" else img.mode
+
+
+def grey_thumbnail(img: Image.Image, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """`img` as side x side grey levels (box filter), flattened: what candidates are confirmed on."""
+    return np.asarray(img.convert("L").resize((side, side), Image.Resampling.BOX), dtype=np.float32).ravel()
+
+
+def thumbnail_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two thumbnails; 0 when either is flat (no structure to compare)."""
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / norm if norm > 0 else 0.0
+
+
+def thumbnail_confirmation(items: list[tuple[ImageSet, str]]) -> Callable[[int, int], bool]:
+    """`confirm(i, j)` for `near_duplicate_pairs`: the 64x64 thumbnails of items i and j correlate at
+    NEAR_DUPLICATE_CORR or more. Thumbnails are decoded again on demand, once each: only images in a
+    candidate pair need one, and keeping 16 KB for every image of a large set would not pay."""
+
+    @functools.cache
+    def thumbnail(i: int) -> np.ndarray:
+        return grey_thumbnail(decode_image(*items[i])[0])
+
+    return lambda i, j: thumbnail_correlation(thumbnail(i), thumbnail(j)) >= NEAR_DUPLICATE_CORR
+
+
+def inspect_images(items: list[tuple[ImageSet, str]]) -> tuple[list[dict], dict, list[Problem]]:
     """Decode every image once (threads: Pillow releases the GIL): size, mode, content hash and dHash."""
-    items = [(splits.train, r) for r in splits.train.refs] + [(splits.val, r) for r in splits.val.refs]
 
     def one(item) -> dict:
         images, ref = item
-        out = {"ref": ref, "size": None, "mode": None, "content": None, "dhash": None, "thumb": None, "error": None,
-               "blank": False}
+        out = {"ref": ref, "size": None, "mode": None, "content": None, "dhash": None, "error": None, "blank": False}
         try:
-            if images.read is read_rgb:
-                with Image.open(ref) as header:
-                    out["size"], out["mode"] = header.size, header.mode
-                img = read_rgb(ref, min_size=64)
-            else:
-                img = images.read(ref)
-                out["size"], out["mode"] = img.size, "L" if img.mode == "L" else img.mode
+            img, out["size"], out["mode"] = decode_image(images, ref)
             pixels = np.asarray(img)
             out["content"] = hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest()
-            out["dhash"], out["blank"] = dhash(img)
-            out["thumb"] = np.asarray(img.convert("L").resize((16, 16), Image.Resampling.BOX), dtype=np.float32).ravel()
-            if out["blank"]:
+            # a fine regular texture (stripes, a chequerboard) averages to flat at the hash's 9x8 pixels but not at
+            # 64x64: it is unfit for the hash, not blank (7 of 210 dtd-7 textures were reported blank before)
+            out["dhash"], hash_is_flat = dhash(img)
+            out["blank"] = float(grey_thumbnail(img).std()) < BLANK_STD
+            if hash_is_flat:
                 out["dhash"] = None
         except UnreadableImage as e:
             out["error"] = str(e)
@@ -252,29 +317,72 @@ def popcount(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(-1)
 
 
-def _near_groups(hashes: np.ndarray, usable: np.ndarray, max_bits: int, confirm=None) -> list[list[int]]:
-    """Connected groups of images whose dHashes differ in at most `max_bits` bits (all pairs, in chunks),
-    each pair accepted by `confirm(i, j)` (indices into `hashes`) when given."""
+def near_duplicate_pairs(hashes: np.ndarray, usable: np.ndarray, max_bits: int,
+                         confirm: Callable[[int, int], bool] | None = None) -> list[tuple[int, int, int]]:
+    """Pairs (i, j, bits), i < j, of usable images whose dHashes differ in at most `max_bits` bits, each pair
+    accepted by `confirm(i, j)` when given; closest first. Indices are into `hashes`.
+
+    Pairs, not groups, because a pair is what was measured. Connected components (what check did before)
+    chain: A near B and B near C put A and C in one group though they may be different pictures, and a group
+    of mixed labels was then shown by two members that need not differ. Complete linkage would keep every
+    group's members mutually close, but it hides relations: with A~B the closer and B~C a label conflict,
+    it forms {A, B} and {C} and the conflict is lost. A pair list has neither flaw; a picture stored k times
+    shows up as k(k-1)/2 pairs, which the messages count as images as well as pairs.
+    """
     idx = np.flatnonzero(usable)
     h = hashes[idx]
-    parent = list(range(len(idx)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for start in range(0, len(h), 256):
+    pairs = []
+    for start in range(0, len(h), 256):  # all pairs, a block of rows at a time: 256 x n distances in memory
         block = popcount(h[start : start + 256, None] ^ h[None, :])
         for a, b in zip(*np.nonzero(block <= max_bits)):
             i, j = start + int(a), int(b)
             if j > i and (confirm is None or confirm(int(idx[i]), int(idx[j]))):
-                parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(idx)):
-        groups.setdefault(root(i), []).append(int(idx[i]))
-    return [g for g in groups.values() if len(g) > 1]
+                pairs.append((int(idx[i]), int(idx[j]), int(block[a, b])))
+    return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _near_pair_problems(refs: list, pairs: list[tuple[int, int, int]], classes: list[str]) -> list[Problem]:
+    """Near-duplicate pairs, split into the three problems they cause: label conflicts, leakage, repeats.
+    Each example is the closest pair of its kind, so a conflict's example always shows two labels."""
+    conflict = [p for p in pairs if refs[p[0]][2] != refs[p[1]][2]]
+    leak = [p for p in pairs if refs[p[0]][2] == refs[p[1]][2] and refs[p[0]][0] != refs[p[1]][0]]
+    repeat = [p for p in pairs if refs[p[0]][2] == refs[p[1]][2] and refs[p[0]][0] == refs[p[1]][0]]
+
+    def names(ps: list) -> list[str]:
+        return list(dict.fromkeys(refs[i][1] for p in ps for i in p[:2]))
+
+    def where(i: int) -> str:
+        return f"{refs[i][0]}:{refs[i][1]}"
+
+    problems = []
+    if conflict:
+        i, j, _ = conflict[0]
+        problems.append(Problem(
+            "near-duplicate-label-conflict", "warning",
+            f"{plural(len(conflict), 'pair')} of near-identical images ({plural(len(names(conflict)), 'image')}) "
+            f"carry different labels, e.g. {classes[refs[i][2]]} ({refs[i][1]}) "
+            f"vs {classes[refs[j][2]]} ({refs[j][1]})",
+            "look at each pair: if it is one picture, decide on one label and delete the other copy", names(conflict)))
+    if leak:
+        val_copies = len({i for p in leak for i in p[:2] if refs[i][0] == "val"})
+        i, j, _ = leak[0]
+        problems.append(Problem(
+            "near-duplicate-leakage", "warning",
+            f"{plural(val_copies, 'val image')} {'has' if val_copies == 1 else 'have'} a near-identical image in train "
+            f"({plural(len(leak), 'pair')}), e.g. {where(i)} ~ {where(j)}: val accuracy is inflated",
+            "delete the val copies (or move them all to one split)", names(leak)))
+    if repeat:
+        i, j, _ = repeat[0]
+        problems.append(Problem(
+            "near-duplicate", "info",
+            f"{plural(len(repeat), 'pair')} of near-identical images within a split "
+            f"({plural(len(names(repeat)), 'image')}), e.g. {where(i)} ~ {where(j)}",
+            "keep one of each: copies count the same image twice in training and in the score", names(repeat)))
+    return problems
 
 
 def _duplicate_problems(refs: list, keys: list, classes: list[str], kind: str, word: str) -> list[Problem]:
@@ -282,7 +390,8 @@ def _duplicate_problems(refs: list, keys: list, classes: list[str], kind: str, w
 
 
 def _group_problems(refs: list, groups: list[list[int]], classes: list[str], kind: str, word: str) -> list[Problem]:
-    """Duplicate groups, split into the three problems they cause: leakage, label conflicts, repeats."""
+    """Groups of identical files or pixels, split into the problems they cause: leakage, label conflicts,
+    repeats. Identity is transitive, so unlike near duplicates a group here is one picture, not a chain."""
     leak, conflict, repeat = [], [], []
     for g in groups:
         splits = {refs[i][0] for i in g}
@@ -296,20 +405,23 @@ def _group_problems(refs: list, groups: list[list[int]], classes: list[str], kin
     def example(g: list[int]) -> str:
         return " = ".join(f"{refs[i][0]}:{refs[i][1]}" for i in g[:3])
 
+    def two_labels(g: list[int]) -> str:
+        other = next(i for i in g if refs[i][2] != refs[g[0]][2])
+        return " vs ".join(f"{classes[refs[i][2]]} ({refs[i][1]})" for i in (g[0], other))
+
     if leak:
         val_copies = sum(1 for g in leak for i in g if refs[i][0] == "val")
-        problems.append(Problem(f"{kind}-leakage", "error" if kind == "duplicate" else "warning",
+        problems.append(Problem(f"{kind}-leakage", "error",
                                 f"{len(leak)} {word} images are in both train and val ({val_copies} val copies), e.g. "
                                 f"{example(leak[0])}: val accuracy is inflated",
                                 "delete the val copies (or move them all to one split)", names(leak)))
     if conflict:
-        problems.append(Problem(f"{kind}-label-conflict", "error" if kind == "duplicate" else "warning",
-                                f"{len(conflict)} {word} images carry different labels, e.g. "
-                                + " vs ".join(f"{classes[refs[i][2]]} ({refs[i][1]})" for i in conflict[0][:2]),
+        problems.append(Problem(f"{kind}-label-conflict", "error",
+                                f"{len(conflict)} {word} images carry different labels, e.g. {two_labels(conflict[0])}",
                                 "decide on one label and delete the other copies", names(conflict)))
     if repeat:
         extra = sum(len(g) - 1 for g in repeat)
-        problems.append(Problem(kind, "warning" if kind == "duplicate" else "info",
+        problems.append(Problem(kind, "warning",
                                 f"{extra} {word} copies within a split (in {len(repeat)} groups), e.g. {example(repeat[0])}",
                                 "keep one of each: copies count the same image twice in training and in the score",
                                 names(repeat)))
