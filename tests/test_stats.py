@@ -147,15 +147,20 @@ def test_095_against_070_on_300_images_is_a_win():
     assert result.sentence.startswith("full wins")
 
 
-def test_two_equally_good_strategies_rarely_produce_a_winner():
-    """Same true accuracy, same test images, 3 seeds each: a "winner" is a false claim, at most ~5% of the time."""
+@pytest.mark.parametrize("seed_sd", [0.15, 0.3], ids=["seed-sd-3.7-points", "seed-sd-7.3-points"])
+def test_two_equally_good_strategies_rarely_produce_a_winner(seed_sd):
+    """Same true accuracy, same test images, 3 seeds each: a "winner" is a false claim, at most ~5% of the time.
+
+    With seeds that scatter by 7 points, three of them say little about the mean: the interval must widen to
+    match (a plain bootstrap of three values does not, and names a false winner 13% of the time).
+    """
     rng = np.random.default_rng(7)
     claims = 0
     repeats = 150
     for repeat in range(repeats):
-        difficulty = rng.normal(NormalDist().inv_cdf(0.8) * np.sqrt(1 + 0.15**2 + NOISE_SD**2), 1.0, 150)
-        runs = (simulated_runs(rng, "a", 0.8, 150, 3, 0.15, difficulty)
-                + simulated_runs(rng, "b", 0.8, 150, 3, 0.15, difficulty))
+        difficulty = rng.normal(NormalDist().inv_cdf(0.8) * np.sqrt(1 + seed_sd**2 + NOISE_SD**2), 1.0, 150)
+        runs = (simulated_runs(rng, "a", 0.8, 150, 3, seed_sd, difficulty)
+                + simulated_runs(rng, "b", 0.8, 150, 3, seed_sd, difficulty))
         claims += verdict(runs, num_classes=2, n_boot=400, seed=repeat).winner is not None
     assert claims / repeats <= 0.10
 
@@ -296,7 +301,8 @@ def test_equally_fast_strategies_are_told_apart_by_their_trainable_parameters():
     rng = np.random.default_rng(16)
     y_true = rng.integers(0, 2, 150)
     y_pred = with_accuracy(y_true, 0.9, rng)
-    costs = {"partial": Cost(seconds=60, trainable_params=900_000), "full": Cost(seconds=60, trainable_params=3_400_000)}
+    costs = {"partial": Cost(seconds=60, trainable_params=900_000),
+             "full": Cost(seconds=60, trainable_params=3_400_000)}
     result = verdict(fixed_runs("full", y_true, y_pred) + fixed_runs("partial", y_true, y_pred), costs=costs)
     assert result.recommended == "partial"
     assert "3.8× fewer parameters" in result.sentence
