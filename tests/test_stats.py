@@ -9,6 +9,8 @@ known in closed form, so an interval can be checked against it.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from statistics import NormalDist
 
 import numpy as np
@@ -145,6 +147,7 @@ def test_095_against_070_on_300_images_is_a_win():
     assert result.winner == "full" and result.tied == ["full"]
     assert result.differences["scratch"].low > 0.15 and result.differences["scratch"].p_value < 0.01
     assert result.sentence.startswith("full wins")
+    assert json.loads(json.dumps(dataclasses.asdict(result)))["winner"] == "full"  # summary.json takes it as is
 
 
 @pytest.mark.parametrize("seed_sd", [0.15, 0.3], ids=["seed-sd-3.7-points", "seed-sd-7.3-points"])

@@ -5,7 +5,8 @@ This module turns those predictions into what a reader may conclude from them, o
 that `compare` and the reports can both call it:
 
 - `metric_interval`: a strategy's test accuracy (or balanced accuracy), averaged over its runs, with a 95% interval
-  that accounts for the seed-to-seed (or fold-to-fold) variation AND for the finite test set;
+  that accounts for the seed-to-seed variation AND for the finite test set (for cross-validation: the variation
+  between repeats of it, and the finite data set);
 - `paired_difference`: the difference between two strategies on the same test images, with its 95% interval and a
   p-value; `mcnemar` is the exact test for one run of each, as a cross-check;
 - `verdict`: a winner only when it beats every other strategy at 95%; otherwise the strategies tied with the best,
@@ -66,7 +67,8 @@ class RunPredictions:
     Seeds: every run of a strategy predicts the same test images. Cross-validation: each fold predicts its own
     images, and the folds that share `repeat` together predict every test image exactly once (a repeated
     cross-validation gives each repetition its own `repeat`). A run that predicts every test image is a repeat
-    on its own, whatever `repeat` says.
+    on its own, whatever `repeat` says. One cross-validation is one repeat: its interval covers the sampling of
+    the images, but the variation between trainings shows only across several repeats.
     """
 
     strategy: str
@@ -87,7 +89,10 @@ class RunPredictions:
 
 @dataclass(frozen=True)
 class Interval:
-    """A strategy's test metric, averaged over its runs, with its interval (`confidence`, 0.95 by default)."""
+    """A strategy's test metric, averaged over its runs, with its interval (`confidence`, 0.95 by default).
+
+    `runs` counts repeats: seeds, or repetitions of a whole cross-validation.
+    """
 
     strategy: str
     metric: str
@@ -132,7 +137,10 @@ class Cost:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the comparison lets a reader conclude, and the one sentence that says it."""
+    """What the comparison lets a reader conclude, and the one sentence that says it.
+
+    Plain values all through: `dataclasses.asdict(verdict)` goes into summary.json as it is.
+    """
 
     metric: str
     chance: float
@@ -199,7 +207,8 @@ def paired_difference(a: Sequence[RunPredictions], b: Sequence[RunPredictions], 
     since each repeat predicts every image exactly once.
 
     The p-value is the bootstrap's own two-sided one: twice the share of replicates on the far side of 0, so it
-    is below 1 − confidence exactly when the interval excludes 0, and the table never contradicts the verdict.
+    is below 1 − confidence when the interval excludes 0 and not otherwise (up to a replicate or two at the
+    boundary): the table does not contradict the verdict.
     The verdict rests on this test rather than on the alternatives because it is the only one of them that
     (1) works for balanced accuracy as well as accuracy, (2) pools several seeds per strategy and (3) gives the
     size of the difference, in points, not only a p-value. McNemar's exact test (`mcnemar`) is exact but takes
