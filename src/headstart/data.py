@@ -21,6 +21,7 @@ from PIL import Image
 
 from headstart.errors import HeadstartError
 from headstart.images import is_image_file, read_rgb
+from headstart.paths import cache_root
 
 BUILTIN_DATASETS = ("fashion-mnist",)
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -282,9 +283,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _download_fashion_mnist() -> Path:
-    from torchvision.datasets import FashionMNIST
-
-    from headstart.cache import cache_root
+    from torchvision.datasets import FashionMNIST  # heavy, and only needed when the files are missing
 
     target = cache_root() / "datasets"
     try:

@@ -30,9 +30,10 @@ from torch import nn
 from torchvision.transforms.v2.functional import center_crop
 
 from headstart.backbones import StagedModel, load_backbone
-from headstart.cache import cache_root, decode_images, digest
+from headstart.cache import decode_images, digest
 from headstart.console import info, warn_skipped
 from headstart.data import ImageSet, load_data, subsample_per_class
+from headstart.paths import cache_root
 from headstart.progress import progress_bar
 from headstart.transforms import Preprocessing, normalize_batch, suggest_image_size
 
