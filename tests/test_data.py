@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import headstart.data as data
-from headstart.data import kfold_splits, load_data, read_idx, role_fingerprints, subsample_per_class
+from headstart import data
+from headstart.data import (ImageSet, check_splits, kfold_splits, load_data, read_idx, role_fingerprints,
+                            subsample_per_class)
 from headstart.errors import HeadstartError
 
 from conftest import draw, make_folder, needs_shared
@@ -286,26 +288,29 @@ def test_role_fingerprints_follow_content_not_counts_or_names(tmp_path):
     assert role_fingerprints(load_data(tmp_path / "renamed"))["val"] != a["val"]  # same pixels, another label
 
 
-def test_each_file_is_hashed_once_per_load_until_it_changes(tmp_path, monkeypatch):
+def test_each_file_is_hashed_once_however_many_folds_and_roles_hold_it_until_it_changes(tmp_path, monkeypatch):
     make_folder(tmp_path / "train", n=4)
     make_folder(tmp_path / "val", n=2, seed=1)
     hashed = []
     real = data.content_hash
     monkeypatch.setattr(data, "content_hash", lambda ref: hashed.append(ref) or real(ref))
-    splits = load_data(tmp_path, val_as_test=True, per_class=3)
-    first = role_fingerprints(splits)
-    assert sorted(hashed) == sorted(files(tmp_path)) and role_fingerprints(splits) == first
-    assert [splits.train.fingerprint(i) for i in range(len(splits.train))] == splits.train.fingerprints()
-    assert len(hashed) == 12  # val is carved from train and shares its memo: still one hash per file
-    draw((0, 0, 0), 99).save(splits.test.refs[0])
-    assert role_fingerprints(splits)["test"] != first["test"] and len(hashed) == 13
+    folds = kfold_splits(tmp_path, 2, val_fraction=0.25)  # every file is in both folds, in one role or another
+    first = [role_fingerprints(fold) for fold in folds]
+    assert sorted(hashed) == sorted(files(tmp_path))  # 12 files, each read once
+    assert [role_fingerprints(fold) for fold in folds] == first and len(hashed) == 12
+    assert [folds[0].train.fingerprint(i) for i in range(len(folds[0].train))] == folds[0].train.fingerprints()
+    edited = folds[0].test.refs[0]
+    draw((0, 0, 0), 99).save(edited)
+    after = [role_fingerprints(fold) for fold in folds]
+    assert after[0]["test"] != first[0]["test"] and after[1] != first[1] and len(hashed) == 13
+    assert hashed[-1] == edited
 
 
 @pytest.mark.parametrize("case, kwargs, message", [
-    ("uneven", {"test_fraction": 0.1}, r"--test-fraction 0.1 leaves class blue with no test image \(4 images\): "
-                                       r"use --test-fraction 0.13 or more, or add images to that class"),
-    ("test_unknown_class", {}, r"test has classes that train lacks: green \(add training images or remove them "
-                               r"from test/\)"),
+    ("uneven", {"test_fraction": 0.1}, (r"--test-fraction 0.1 leaves class blue with no test image \(4 images\): "
+                                        r"use --test-fraction 0.13 or more, or add images to that class")),
+    ("test_unknown_class", {}, (r"test has classes that train lacks: green \(add training images or remove them "
+                                r"from test/\)")),
     ("empty_test", {}, "no test images in .*: add some to its test split, or remove it"),
     ("bad_split", {}, r"labels.csv: split must be train, val \(or valid, validation\) or test \(line 3: 'tset'\)"),
     ("test_fraction_on_split", {"test_fraction": 0.2}, "ships its own split .*drop --test-fraction"),
@@ -337,6 +342,14 @@ def test_bad_role_input_is_refused_with_one_line_that_says_what_to_fix(tmp_path,
     with pytest.raises(HeadstartError, match=message) as error:
         load_data(root, **kwargs)
     assert "\n" not in str(error.value)
+
+
+def test_check_splits_refuses_a_test_set_with_classes_train_lacks(image_folder):
+    splits = load_data(image_folder)
+    alien = ImageSet(["green", "red"], splits.val.refs[:2], [0, 1])
+    with pytest.raises(HeadstartError, match=r"^test has classes that train lacks: green \(add training images"):
+        check_splits(replace(splits, test=alien))
+    check_splits(replace(splits, test=alien.subset([1])))  # red only: fine
 
 
 def test_more_folds_than_the_smallest_class_has_images_is_refused(tmp_path):
