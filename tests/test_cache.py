@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 import headstart.cache as cache
-from headstart.cache import cache_root, decode_images
+from headstart.cache import decode_images
 from headstart.data import load_class_folders
+from headstart.paths import cache_root
 from headstart.transforms import Preprocessing
 
 PRE = Preprocessing(image_size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)  # store 32 px

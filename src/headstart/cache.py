@@ -22,17 +22,9 @@ import numpy as np
 from headstart.console import console
 from headstart.data import ImageSet
 from headstart.images import UnreadableImage, read_rgb
+from headstart.paths import cache_root
 from headstart.progress import progress_bar
 from headstart.transforms import Preprocessing, to_store
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("HEADSTART_CACHE"):
-        return Path(os.environ["HEADSTART_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "headstart"
 
 
 def digest(*parts: object) -> str:

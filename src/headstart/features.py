@@ -21,7 +21,8 @@ import torch
 from torchvision.transforms.v2.functional import center_crop
 
 from headstart.backbones import StagedModel
-from headstart.cache import cache_root, digest
+from headstart.cache import digest
+from headstart.paths import cache_root
 from headstart.progress import progress_bar
 from headstart.transforms import Preprocessing, eval_transform, normalize_batch
 

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.backbones import StagedModel, load_backbone
-from headstart.cache import cache_root, decode_images, digest
+from headstart.cache import decode_images, digest
 from headstart.console import info, warn_skipped
 from headstart.data import ImageSet, load_data, subsample_per_class
 from headstart.features import pooled_stage_outputs
+from headstart.paths import cache_root
 from headstart.transforms import Preprocessing, suggest_image_size
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # logistic-regression weight decay, chosen per stage by CV
