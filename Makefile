@@ -40,6 +40,7 @@ chromium:
 	fi
 
 test: install chromium
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 # headstart against the tutorial's loop on this machine (hours on 2 cores: the reference is slow by design):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from headstart import engine
 from headstart.pipeline import train as train_run
+from headstart.report.html import write_compare_report
+from headstart.report.markdown import write_compare_markdown
 from headstart.console import info
 from headstart.data import DataSplits, ImageSet, load_data
 from headstart.errors import HeadstartError
@@ -167,9 +169,6 @@ def compare(
                         "command": command, "environment": summary.pop("environment")}
     write_json(out / SUMMARY_FILE, summary)
     if report:
-        from headstart.report.html import write_compare_report
-        from headstart.report.markdown import write_compare_markdown
-
         html_path = write_compare_report(out, summary)
         write_compare_markdown(out, summary)
         info(f"report: {html_path}")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from headstart.console import warn
 from headstart.data import DataSplits, ImageSet, load_data
 from headstart.images import UnreadableImage, read_rgb
 
@@ -89,8 +90,6 @@ def scan_data(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0, cla
 # ------------------------------------------------------------------------------------------------ checks
 def preflight(splits: DataSplits) -> list[Problem]:
     """The fast check that `train` runs first: prints a warning per problem (with its fix), returns them."""
-    from headstart.console import warn
-
     problems = [p for p in check_splits(splits, deep=False).problems if p.severity != "info"]
     for p in problems:
         warn(f"{p.message}. Fix: {p.fix}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from headstart.report.diagram import human
 from headstart.runs import atomic_write_text
 
 def pct(x: float) -> str:
@@ -119,8 +120,6 @@ def results_rows(summary: dict) -> list[dict]:
 
 
 def compare_markdown(summary: dict) -> str:
-    from headstart.report.diagram import human
-
     setup = summary["setup"]
     lines = [f"# Which fine-tuning strategy works on {data_name(setup['data'])}?", ""]
     lines += [f"**{findings(summary)[0]}**", ""] + [f"- {f}" for f in findings(summary)[1:]] + [""]

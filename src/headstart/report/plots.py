@@ -13,6 +13,16 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def save(fig, path, title: str = ""):
+    """Title, layout, write (a path or a file-like buffer), and free the figure: every plot ends here."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train vs val: the gap between them is overfitting, made visible."""
     epochs = [r["epoch"] for r in history]
@@ -30,12 +40,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     ax_acc.annotate(f"best val {best['val_accuracy']:.3f}", (best["epoch"], best["val_accuracy"]),
                     textcoords="offset points", xytext=(4, -14), fontsize=9)
     _mark_unfreezing(ax_acc, history)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, title)
 
 
 def _mark_unfreezing(ax, history: list[dict]) -> None:
@@ -65,10 +70,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imagenet_top1_pretrained: float | None = None) -> Path:
@@ -96,12 +98,7 @@ def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imag
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, title)
 
 
 def plot_probe(report, path: str | Path) -> Path:
@@ -119,8 +116,5 @@ def plot_probe(report, path: str | Path) -> Path:
         ax.set_xticks(depth, [s.stage for s in report.stages], rotation=45, ha="right")
         ax.grid(alpha=0.3)
     ax_acc.legend()
-    fig.suptitle(f"{report.model} on {Path(report.data).name} · {report.n_train} train images at {report.image_size}px")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, f"{report.model} on {Path(report.data).name} · {report.n_train} train images at "
+                           f"{report.image_size}px")
