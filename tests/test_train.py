@@ -96,3 +96,15 @@ def test_runs_with_other_seeds_see_the_same_split_and_subsample(tmp_path, monkey
         train(tmp_path / "data", one_step_config(seed=seed), tmp_path / f"run{seed}", per_class=4, val_fraction=0.3)
     assert drawn[0].train.refs == drawn[1].train.refs and drawn[0].val.refs == drawn[1].val.refs
     assert len(drawn[0].train.refs) == 8
+
+
+def test_a_group_that_unfreezes_mid_run_warms_up_again(image_folder, tmp_path):
+    # lp-ft unfreezes the backbone at epoch 4; the schedule's LR there is the same either way, the ramp starts it at 1%
+    cfg = dict(model=TINY, strategy="lp-ft", epochs=5, batch_size=4, num_workers=0, use_cache=False, patience=None)
+    train(image_folder, TrainConfig(**cfg), tmp_path / "plain")
+    train(image_folder, TrainConfig(**cfg, unfreeze_warmup_epochs=1.0), tmp_path / "ramped")
+    plain, ramped = (list(csv.DictReader(open(tmp_path / name / "history.csv"))) for name in ("plain", "ramped"))
+    switch = 3  # the 4th epoch, the first with the backbone training
+    assert float(ramped[switch]["lr_stage5"]) == pytest.approx(0.01 * float(plain[switch]["lr_stage5"]))
+    assert ramped[switch]["lr_head"] == plain[switch]["lr_head"]  # the head trained all along: no second warm-up
+    assert float(ramped[switch + 1]["lr_stage5"]) == pytest.approx(float(plain[switch + 1]["lr_stage5"]))
