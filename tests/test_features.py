@@ -68,13 +68,13 @@ def test_second_call_loads_from_disk(model, pixels, tmp_path, count_forwards):
     pre, n = model.preprocessing, len(model.stages)
     first = prefix_activations(model, pixels, n, pre, CPU, source_key="k", cache_dir=tmp_path)
     ran = len(count_forwards)
-    assert ran > 0 and len(list((tmp_path / "features").glob("*.pt"))) == 1
+    assert ran > 0 and len(list((tmp_path / "features").glob("*.npy"))) == 1
     second = prefix_activations(model, pixels, n, pre, CPU, source_key="k", cache_dir=tmp_path)
     assert len(count_forwards) == ran  # not one image through the backbone
     torch.testing.assert_close(first, second, atol=0, rtol=0)
     prefix_activations(model, pixels, n, pre, CPU, source_key="other pixels", cache_dir=tmp_path)
     prefix_activations(model, pixels, n - 1, pre, CPU, source_key="k", cache_dir=tmp_path)  # another cut
-    assert len(list((tmp_path / "features").glob("*.pt"))) == 3
+    assert len(list((tmp_path / "features").glob("*.npy"))) == 3
 
 
 def test_key_follows_the_weights(pixels, tmp_path, count_forwards):
@@ -165,8 +165,8 @@ def test_cli_cache_dir_env_and_no_cache(data, tmp_path, monkeypatch):
     base = ["train", str(data), "--model", "test_efficientnet", "--epochs", "1", "--image-size", "32"]
     runner = CliRunner()
     assert runner.invoke(app, [*base, "--out", str(tmp_path / "r1")]).exit_code == 0
-    assert list((tmp_path / "env" / "features").glob("*.pt")) and list((tmp_path / "env" / "decoded").glob("*.npy"))
+    assert list((tmp_path / "env" / "features").glob("*.npy")) and list((tmp_path / "env" / "decoded").glob("*.npy"))
     assert runner.invoke(app, [*base, "--out", str(tmp_path / "r2"), "--cache-dir", str(tmp_path / "flag")]).exit_code == 0
-    assert list((tmp_path / "flag" / "features").glob("*.pt"))
+    assert list((tmp_path / "flag" / "features").glob("*.npy"))
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "r3"), "--cache-dir", str(tmp_path / "off"), "--no-cache"])
     assert result.exit_code == 0 and not (tmp_path / "off").exists()
