@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -46,22 +47,42 @@ def test_onnx_export_predicts_what_headstart_predicts(run_dir, image_folder):
 def test_pt2_export_runs_any_batch_size_without_headstart(run_dir):
     export(run_dir, run_dir / "model.pt2")
     program = torch.export.load(str(run_dir / "model.pt2")).module()  # plain torch: no headstart, no timm
-    size = json.loads((run_dir / "model.pt2.json").read_text())["input"]["image_size"]
+    sidecar = json.loads((run_dir / "model.pt2.json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256((run_dir / "model.pt2").read_bytes()).hexdigest()  # the pair matches
+    size = sidecar["input"]["image_size"]
     for n in (1, 5):
         logits, probabilities = program(torch.rand(n, 3, size, size))
         assert logits.shape == probabilities.shape == (n, 2)
         assert torch.allclose(probabilities.sum(1), torch.ones(n), atol=1e-5)
 
 
-def test_an_export_that_disagrees_with_pytorch_is_not_written(run_dir, monkeypatch):
+def files_in(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def break_the_pt2_loader(monkeypatch):
     from headstart import export as export_module
 
     write, _ = export_module.WRITERS["pt2"]
     wrong = lambda path: lambda images: np.zeros((len(images), 2), dtype=np.float32) + 5.0  # noqa: E731
     monkeypatch.setitem(export_module.WRITERS, "pt2", (write, wrong))
+
+
+def test_an_export_that_disagrees_with_pytorch_is_not_written(run_dir, monkeypatch):
+    before = files_in(run_dir)
+    break_the_pt2_loader(monkeypatch)
     with pytest.raises(HeadstartError, match="disagrees"):
         export(run_dir, run_dir / "model.pt2")
-    assert not list(run_dir.glob("model*.pt2*"))
+    assert files_in(run_dir) == before  # not the file, not its sidecar, not the temp it was checked under
+
+
+def test_a_failed_export_keeps_the_previous_one_and_its_sidecar(run_dir, monkeypatch):
+    export(run_dir, run_dir / "model.pt2")
+    before = files_in(run_dir)
+    break_the_pt2_loader(monkeypatch)
+    with pytest.raises(HeadstartError, match="disagrees"):
+        export(run_dir, run_dir / "model.pt2")
+    assert files_in(run_dir) == before and {"model.pt2", "model.pt2.json"} <= set(before)
 
 
 @pytest.mark.parametrize("target, message", [("model.h5", "name the file .onnx or .pt2"), (None, "not a run directory")])
@@ -84,3 +105,17 @@ def test_lite0_with_tf_same_padding_exports_to_onnx_and_agrees_on_real_photos(tm
     assert result.exit_code == 0, result.output
     check = json.loads(result.stdout)["check"]
     assert check["n"] >= 60 and check["top1_agreement"] == 1.0 and check["max_logit_difference"] < 1e-3
+
+
+def test_an_export_cut_short_before_its_sidecar_never_pairs_with_the_old_sidecar(run_dir, monkeypatch):
+    from headstart import export as export_module
+
+    export(run_dir, run_dir / "model.pt2")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process stops between the new file and its sidecar
+
+    monkeypatch.setattr(export_module, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export(run_dir, run_dir / "model.pt2")
+    assert (run_dir / "model.pt2").is_file() and not (run_dir / "model.pt2.json").exists()
