@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 import headstart
 from headstart.files import (
-    LOCK_NAME, InUse, atomic_path, atomic_write_json, atomic_write_text, exclusive, folder_lock, lock_holder,
-    remove_stale_temps, temp_path, temp_writer_pid,
+    HOST, LOCK_NAME, InUse, atomic_path, atomic_write_json, atomic_write_text, exclusive, folder_lock, lock_holder,
+    remove_stale_temps, temp_path, temp_writer,
 )
 from headstart.runs import read_history, run_folder_lock, write_history
 
@@ -134,7 +134,7 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
 def test_temp_names_keep_the_suffix_and_the_writer_pid(tmp_path):
     tmp = temp_path(tmp_path / "abc.npy")
     assert tmp.parent == tmp_path and tmp.suffix == ".npy" and tmp.name.startswith(".abc.tmp-")  # numpy adds no .npy
-    assert temp_writer_pid(tmp) == os.getpid() and temp_writer_pid(tmp_path / "abc.npy") is None
+    assert temp_writer(tmp) == (HOST, os.getpid()) and temp_writer(tmp_path / "abc.npy") is None
     assert temp_path(tmp_path / "abc.npy") != tmp  # two writers in one process never share a temp
 
 
@@ -146,9 +146,11 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_and_a_temp_that_is_cleane
     live = temp_path(tmp_path / "other.csv")  # a writer of this process, still running
     live.write_text("in progress")
     writer.kill()
+    elsewhere = tmp_path / temp.name.replace(HOST, "0" * 8 if HOST != "0" * 8 else "1" * 8)
+    elsewhere.write_text("a pid of another machine sharing the folder: says nothing here")
     assert target.read_text() == "epoch\n1\n" and temp.is_file()  # the old file, whole; the half one aside
     assert remove_stale_temps(tmp_path) == [temp]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["history.csv", live.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["history.csv", live.name, elsewhere.name])
 
 
 def test_history_round_trips_through_an_atomic_write(tmp_path):

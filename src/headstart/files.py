@@ -7,9 +7,10 @@ filesystem), flushes and fsyncs it, and `os.replace`s it over the target, which 
 sees the old file or the new one, never half of either. The folder is fsynced after the rename, so the new name
 survives a power cut as well as a killed process.
 
-Temp files are named `.<stem>.tmp-<pid>-<random><suffix>`: hidden, the writer's pid inside (so a later process
-can tell that the writer is dead and remove what it left), and the target's suffix last (numpy appends `.npy`
-to a name without it, and the ONNX and torch.export writers read it).
+Temp files are named `.<stem>.tmp-<host>-<pid>-<random><suffix>`: hidden; the writer's machine (a hash of its
+host name) and pid inside, so a later process on the same machine can tell that the writer is dead and remove
+what it left (a pid means nothing on another machine sharing the folder, so those temps are left alone); the
+target's suffix last (numpy appends `.npy` to a name without it; the ONNX and torch.export writers read it).
 
 Two processes pointed at the same folder are kept apart with an OS-level lock (`fcntl.flock` through the
 `filelock` library) on a file inside it. The kernel drops such a lock when its process exits, however it
@@ -19,10 +20,12 @@ the process that finds the folder busy can say which process to wait for.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import secrets
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,13 +35,14 @@ from filelock import FileLock, Timeout
 from headstart.errors import HeadstartError
 
 LOCK_NAME = ".headstart.lock"
-_TEMP = re.compile(r"^\.(?P<stem>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>\.[^.]*)?$")
+HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+_TEMP = re.compile(r"^\.(?P<stem>.+)\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>\.[^.]*)?$")
 
 
 # --------------------------------------------------------------------------- atomic writes
 def temp_path(path: Path) -> Path:
     """A fresh temp name beside `path`, unique per process and per call (two threads never share one)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+    return path.with_name(f".{path.stem}.tmp-{HOST}-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
 
 
 @contextmanager
@@ -104,10 +108,16 @@ def _fsync_folder(folder: Path) -> None:
 
 
 # --------------------------------------------------------------------------- what killed writers left
-def temp_writer_pid(path: Path) -> int | None:
-    """The pid in a temp file's name, or None if `path` is no temp file of `atomic_path`."""
+def temp_writer(path: Path) -> tuple[str, int] | None:
+    """(host, pid) of the process that wrote a temp file, or None if `path` is no temp file of `atomic_path`."""
     match = _TEMP.match(path.name)
-    return int(match["pid"]) if match else None
+    return (match["host"], int(match["pid"])) if match else None
+
+
+def is_stale_temp(path: Path) -> bool:
+    """A temp file whose writer ran on this machine and no longer runs: it was killed mid-write."""
+    writer = temp_writer(path)
+    return writer is not None and writer[0] == HOST and not process_alive(writer[1])
 
 
 def process_alive(pid: int) -> bool:
@@ -124,17 +134,14 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Delete the temp files in `folder` whose writer no longer runs (it was killed mid-write); the temps of
-    live writers stay. Returns what was removed."""
+    """Delete the temp files in `folder` whose writer no longer runs (`is_stale_temp`); the temps of live
+    writers, and of writers on other machines, stay. Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    removed = []
-    for entry in os.scandir(folder):
-        pid = temp_writer_pid(Path(entry.name))
-        if pid is not None and not process_alive(pid):
-            Path(entry.path).unlink(missing_ok=True)
-            removed.append(Path(entry.path))
+    removed = [Path(entry.path) for entry in os.scandir(folder) if is_stale_temp(Path(entry.name))]
+    for path in removed:
+        path.unlink(missing_ok=True)
     return removed
 
 
