@@ -13,11 +13,13 @@ from typer.testing import CliRunner
 from headstart.api import export, predict, train
 from headstart.cli import app
 from headstart.errors import HeadstartError
-from headstart.export import preprocess_as_sidecar_says
+from headstart.export import export_lock_path, preprocess_as_sidecar_says
+from headstart.files import InUse
 from headstart.train import TrainConfig
 
 from conftest import needs_shared
 from helpers import TINY
+from test_files import children  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -57,7 +59,8 @@ def test_pt2_export_runs_any_batch_size_without_headstart(run_dir):
 
 
 def files_in(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    """What a folder holds, bar lock files (they coordinate writers and hold no data)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.suffix != ".lock"}
 
 
 def break_the_pt2_loader(monkeypatch):
@@ -119,3 +122,22 @@ def test_an_export_cut_short_before_its_sidecar_never_pairs_with_the_old_sidecar
     with pytest.raises(KeyboardInterrupt):
         export(run_dir, run_dir / "model.pt2")
     assert (run_dir / "model.pt2").is_file() and not (run_dir / "model.pt2.json").exists()
+
+
+HOLD_LOCK = """
+import sys
+from headstart.files import exclusive
+with exclusive(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_second_export_to_the_same_file_stops_at_once_naming_the_first(run_dir, children):
+    out = run_dir / "model.pt2"
+    first = children(HOLD_LOCK, export_lock_path(out))  # an export of another process, writing `out` right now
+    first.expect("held")
+    before = files_in(run_dir)
+    with pytest.raises(InUse, match=f"model.pt2 is in use by another headstart process \\(pid {first.pid}\\)"):
+        export(run_dir, out)
+    assert files_in(run_dir) == before

@@ -33,7 +33,7 @@ from headstart import __version__
 from headstart.backbones import StagedModel
 from headstart.errors import HeadstartError
 from headstart.images import UnreadableImage, read_rgb
-from headstart.files import atomic_path, atomic_write_json
+from headstart.files import atomic_path, atomic_write_json, exclusive
 from headstart.runs import RUN_FILE, load_run, read_run
 from headstart.transforms import Preprocessing, eval_transform, to_store
 
@@ -74,6 +74,11 @@ def export_format(out: Path, fmt: str | None) -> str:
 def sidecar_path(out: Path) -> Path:
     """model.onnx -> model.onnx.json (never run.json or config.json, even inside a run directory)."""
     return out.with_name(out.name + ".json")
+
+
+def export_lock_path(out: Path) -> Path:
+    """Held while `out` and its sidecar are written (a hidden file beside them)."""
+    return out.with_name(f".{out.name}.lock")
 
 
 def parity_inputs(pre: Preprocessing, images: list[Path] | None, n_random: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
@@ -179,6 +184,26 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def write_checked(module: Deployable, fmt: str, out: Path, batch: torch.Tensor, sources: list[str],
+                  described: bool) -> tuple[str, dict, float]:
+    """Write the export under a temp name, load it back, check it against PyTorch, and only then rename it to
+    `out` (dropping the old export's sidecar just before). Returns the file's sha256, the check and the seconds
+    the writer took; a failed check raises and leaves nothing behind."""
+    write, load = WRITERS[fmt]
+    with atomic_path(out) as tmp:  # renamed to `out` only if the block ends normally
+        t0 = time.perf_counter()
+        write(module, batch[:2].clone(), tmp)  # a clone: a view would drag the whole check batch into a .pt2
+        seconds = time.perf_counter() - t0
+        check = check_parity(module, load(tmp), batch, sources, described)
+        if not check["max_logit_difference"] <= MAX_LOGIT_DIFFERENCE:  # (`not <=` also catches NaN)
+            raise HeadstartError(f"the {fmt} export disagrees with the PyTorch model (max logit difference "
+                                 f"{check['max_logit_difference']:.2e}, top-1 agreement {check['top1_agreement']:.0%}); "
+                                 "nothing was written")
+        sha256 = file_sha256(tmp)
+        sidecar_path(out).unlink(missing_ok=True)  # the old export's sidecar must not outlive it
+    return sha256, check, seconds
+
+
 def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | None = None,
                images: list[str | Path] | None = None) -> dict:
     """Export the run's best weights to `out` (default: <run>/model.onnx) and write the sidecar JSON beside it.
@@ -192,38 +217,28 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | No
     module = Deployable(model).eval()  # (load_run gives float32 weights)
     batch, sources = parity_inputs(pre, [Path(p) for p in images] if images else None)
 
-    write, load = WRITERS[fmt]
-    with atomic_path(out) as tmp:  # renamed to `out` only if the block ends normally: a failed check leaves nothing
-        t0 = time.perf_counter()
-        write(module, batch[:2].clone(), tmp)  # a clone: a view would drag the whole check batch into a .pt2
-        seconds = time.perf_counter() - t0
-        check = check_parity(module, load(tmp), batch, sources, described=bool(images))
-        if not check["max_logit_difference"] <= MAX_LOGIT_DIFFERENCE:  # (`not <=` also catches NaN)
-            raise HeadstartError(f"the {fmt} export disagrees with the PyTorch model (max logit difference "
-                                 f"{check['max_logit_difference']:.2e}, top-1 agreement {check['top1_agreement']:.0%}); "
-                                 "nothing was written")
-        sha256 = file_sha256(tmp)
-        sidecar_path(out).unlink(missing_ok=True)  # the old export's sidecar must not outlive it
-
-    run_info = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
-    sidecar = {
-        "file": out.name, "sha256": sha256, "format": fmt, "classes": config["classes"],
-        "input": {"name": INPUT_NAME, "shape": ["N", 3, pre.image_size, pre.image_size], "dtype": "float32",
-                  "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
-                  "preprocessing": f"resize the shorter side to {pre.store_size} px ({pre.interpolation}), "
-                                   f"centre-crop {pre.image_size} x {pre.image_size}, divide by 255",
-                  "resize_to": pre.store_size, "interpolation": pre.interpolation, "image_size": pre.image_size,
-                  "normalisation_inside": {"mean": list(pre.mean), "std": list(pre.std)}},
-        "outputs": [{"name": OUTPUT_NAMES[0], "shape": ["N", len(config["classes"])]},
-                    {"name": OUTPUT_NAMES[1], "shape": ["N", len(config["classes"])]}],
-        "check": check,
-        "source": {"run": str(run_dir), "model": config["model"], "strategy": config["strategy"]["name"],
-                   "best_val_accuracy": run_info.get("best_val_accuracy"), "epoch": config.get("epoch")},
-        "export_seconds": round(seconds, 2),
-        "versions": {"headstart": __version__, "torch": torch.__version__,
-                     **({"opset": ONNX_OPSET} if fmt == "onnx" else {})},
-    }
-    atomic_write_json(sidecar_path(out), sidecar)
+    # two exports to one file at once would pair one's file with the other's sidecar: the second stops here
+    with exclusive(export_lock_path(out), timeout=0, what=out, hint="wait for it or use another --out"):
+        sha256, check, seconds = write_checked(module, fmt, out, batch, sources, described=bool(images))
+        run_info = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
+        sidecar = {
+            "file": out.name, "sha256": sha256, "format": fmt, "classes": config["classes"],
+            "input": {"name": INPUT_NAME, "shape": ["N", 3, pre.image_size, pre.image_size], "dtype": "float32",
+                      "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
+                      "preprocessing": f"resize the shorter side to {pre.store_size} px ({pre.interpolation}), "
+                                       f"centre-crop {pre.image_size} x {pre.image_size}, divide by 255",
+                      "resize_to": pre.store_size, "interpolation": pre.interpolation, "image_size": pre.image_size,
+                      "normalisation_inside": {"mean": list(pre.mean), "std": list(pre.std)}},
+            "outputs": [{"name": OUTPUT_NAMES[0], "shape": ["N", len(config["classes"])]},
+                        {"name": OUTPUT_NAMES[1], "shape": ["N", len(config["classes"])]}],
+            "check": check,
+            "source": {"run": str(run_dir), "model": config["model"], "strategy": config["strategy"]["name"],
+                       "best_val_accuracy": run_info.get("best_val_accuracy"), "epoch": config.get("epoch")},
+            "export_seconds": round(seconds, 2),
+            "versions": {"headstart": __version__, "torch": torch.__version__,
+                         **({"opset": ONNX_OPSET} if fmt == "onnx" else {})},
+        }
+        atomic_write_json(sidecar_path(out), sidecar)
     return {**sidecar, "path": str(out), "sidecar": str(sidecar_path(out))}
 
 
