@@ -16,7 +16,7 @@ sidecar, and an export that disagrees is deleted rather than shipped.
 Nothing half-written is ever under the real names: the export is written and checked under a temp name and
 renamed into place only once it passed; the old sidecar is removed just before, and the new one (with the
 file's sha256) written just after. A crash in between leaves an export without a sidecar, never an export
-with the sidecar of another.
+with the sidecar of another; and a second export to the same file while one runs stops at once.
 """
 
 from __future__ import annotations
