@@ -136,7 +136,8 @@ def test_a_temp_left_by_a_killed_writer_is_ignored_and_cleaned(tmp_path, count_d
     images, _ = load_class_folders(make_folder(tmp_path / "data"))
     first = np.array(decode_images(images, PRE, tmp_path / "c").pixels)
     array, meta = entry_files(tmp_path / "c")
-    array.unlink(), meta.unlink()  # as if the first fill had never finished...
+    array.unlink()  # as if the first fill had never finished...
+    meta.unlink()
     writer = children(HALF_WRITE, array)  # ...because its writer was killed halfway through the array
     temp = array.parent / writer.expect("writing").split()[1]
     writer.kill()
