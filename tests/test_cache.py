@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from headstart.cache import decode_images
 from headstart.data import load_class_folders
 from headstart.paths import cache_root
 from headstart.transforms import Preprocessing
+
+from test_files import HALF_WRITE, children  # noqa: F401 (a fixture)
 
 PRE = Preprocessing(image_size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)  # store 32 px
 
@@ -84,3 +87,108 @@ def test_unreadable_files_are_skipped_and_remembered(tmp_path, count_decodes):
     assert len(first.kept) == 6 and len(first.skipped) == 1 and first.skipped[0][0].endswith("broken.png")
     second = decode_images(images, PRE, tmp_path / "c")
     assert second.kept == first.kept and second.skipped == first.skipped and len(count_decodes) == 6
+
+
+# --------------------------------------------------------------------------- damaged entries, crashes, two processes
+def entry_files(cache_dir: Path) -> tuple[Path, Path]:
+    (array,) = (cache_dir / "decoded").glob("*.npy")
+    return array, array.with_suffix(".json")
+
+
+def truncate(array: Path, meta: Path) -> None:
+    with open(array, "r+b") as f:
+        f.truncate(array.stat().st_size // 2)
+
+
+def zero_the_tail(array: Path, meta: Path) -> None:
+    """The length stays; the last bytes are gone (what a power cut without fsync leaves)."""
+    with open(array, "r+b") as f:
+        f.seek(-100, 2)
+        f.write(bytes(100))
+
+
+def drop_metadata(array: Path, meta: Path) -> None:
+    meta.unlink()
+
+
+def claim_another_shape(array: Path, meta: Path) -> None:
+    info = json.loads(meta.read_text())
+    info["array"]["shape"][0] += 1
+    meta.write_text(json.dumps(info))
+
+
+def garble_metadata(array: Path, meta: Path) -> None:
+    meta.write_text('{"array": {"form')
+
+
+@pytest.mark.parametrize("damage", [truncate, zero_the_tail, drop_metadata, claim_another_shape, garble_metadata])
+def test_a_damaged_entry_is_rebuilt_with_the_same_pixels(tmp_path, count_decodes, damage):
+    images, _ = load_class_folders(make_folder(tmp_path / "data"))
+    first = np.array(decode_images(images, PRE, tmp_path / "c").pixels)
+    damage(*entry_files(tmp_path / "c"))
+    again = decode_images(images, PRE, tmp_path / "c")
+    assert len(count_decodes) == 12  # decoded again, not read as garbage
+    np.testing.assert_array_equal(np.asarray(again.pixels), first)
+    decode_images(images, PRE, tmp_path / "c")
+    assert len(count_decodes) == 12  # and the rebuilt entry is whole: a hit
+
+
+def test_a_temp_left_by_a_killed_writer_is_ignored_and_cleaned(tmp_path, count_decodes, children):
+    images, _ = load_class_folders(make_folder(tmp_path / "data"))
+    first = np.array(decode_images(images, PRE, tmp_path / "c").pixels)
+    array, meta = entry_files(tmp_path / "c")
+    array.unlink()  # as if the first fill had never finished...
+    meta.unlink()
+    writer = children(HALF_WRITE, array)  # ...because its writer was killed halfway through the array
+    temp = array.parent / writer.expect("writing").split()[1]
+    writer.kill()
+    assert temp.is_file()
+    again = decode_images(images, PRE, tmp_path / "c")
+    np.testing.assert_array_equal(np.asarray(again.pixels), first)
+    assert len(count_decodes) == 12 and not temp.exists()
+    assert sorted(p.suffix for p in array.parent.iterdir()) == [".json", ".lock", ".npy"]
+
+
+FILL_DECODED = """
+import dataclasses, json, sys, threading
+from pathlib import Path
+import numpy as np
+from headstart.cache import decode_images
+from headstart.data import load_class_folders
+from headstart.images import read_rgb
+from headstart.transforms import Preprocessing
+
+folder, cache_dir, role, result = sys.argv[1:5]
+reads, gate = [], threading.Lock()
+
+def read(ref):
+    with gate:
+        if role == "first" and not reads:
+            print("decoding", flush=True)
+            sys.stdin.readline()  # holds the entry's lock, mid-fill, until the test says go
+        reads.append(ref)
+    return read_rgb(ref)
+
+images, _ = load_class_folders(Path(folder))
+pre = Preprocessing(image_size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)
+decoded = decode_images(dataclasses.replace(images, read=read), pre, cache_dir)
+np.save(result, np.asarray(decoded.pixels))
+print("done", json.dumps({"reads": len(reads), "kept": decoded.kept}), flush=True)
+"""
+
+
+def test_two_processes_filling_one_entry_decode_it_once_and_agree(tmp_path, children):
+    folder = make_folder(tmp_path / "data")
+    first = children(FILL_DECODED, folder, tmp_path / "c", "first", tmp_path / "first.npy")
+    first.expect("decoding")  # the first holds the entry's lock, halfway through filling it
+    second = children(FILL_DECODED, folder, tmp_path / "c", "second", tmp_path / "second.npy")
+    assert f"pid {first.pid}" in second.expect("waiting for another headstart process")
+    first.send()
+    results = [json.loads(child.expect("done").split(" ", 1)[1]) for child in (first, second)]
+    assert first.finish() == 0 and second.finish() == 0
+    assert [r["reads"] for r in results] == [6, 0]  # the second read the first's entry instead of decoding
+    assert results[0]["kept"] == results[1]["kept"] == list(range(6))
+    np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy"))
+    images, _ = load_class_folders(folder)
+    np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), decode_images(images, PRE, use_cache=False).pixels)
+    assert sorted(p.suffix for p in (tmp_path / "c" / "decoded").iterdir()) == [".json", ".lock", ".npy"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from headstart.train import TrainConfig
 from headstart.transforms import normalize_batch, train_transform
 
 from test_cache import make_folder
+from test_files import children  # noqa: F401 (a fixture)
 
 CPU = torch.device("cpu")
 
@@ -68,13 +71,13 @@ def test_second_call_loads_from_disk(model, pixels, tmp_path, count_forwards):
     pre, n = model.preprocessing, len(model.stages)
     first = prefix_activations(model, pixels, n, pre, CPU, source_key="k", cache_dir=tmp_path)
     ran = len(count_forwards)
-    assert ran > 0 and len(list((tmp_path / "features").glob("*.pt"))) == 1
+    assert ran > 0 and len(list((tmp_path / "features").glob("*.npy"))) == 1
     second = prefix_activations(model, pixels, n, pre, CPU, source_key="k", cache_dir=tmp_path)
     assert len(count_forwards) == ran  # not one image through the backbone
     torch.testing.assert_close(first, second, atol=0, rtol=0)
     prefix_activations(model, pixels, n, pre, CPU, source_key="other pixels", cache_dir=tmp_path)
     prefix_activations(model, pixels, n - 1, pre, CPU, source_key="k", cache_dir=tmp_path)  # another cut
-    assert len(list((tmp_path / "features").glob("*.pt"))) == 3
+    assert len(list((tmp_path / "features").glob("*.npy"))) == 3
 
 
 def test_key_follows_the_weights(pixels, tmp_path, count_forwards):
@@ -99,6 +102,59 @@ def test_no_cache_writes_nothing(model, pixels, tmp_path):
     prefix_activations(model, pixels, len(model.stages), model.preprocessing, CPU, source_key="k", cache_dir=tmp_path,
                        use_cache=False)
     assert not tmp_path.joinpath("features").exists()
+
+
+def test_a_truncated_entry_is_computed_again(model, pixels, tmp_path, count_forwards):
+    pre, n = model.preprocessing, len(model.stages)
+    first = prefix_activations(model, pixels, n, pre, CPU, source_key="k", cache_dir=tmp_path).clone()
+    ran = len(count_forwards)
+    (entry,) = (tmp_path / "features").glob("*.npy")
+    with open(entry, "r+b") as f:
+        f.truncate(entry.stat().st_size - 4)  # one float short
+    again = prefix_activations(model, pixels, n, pre, CPU, source_key="k", cache_dir=tmp_path)
+    assert len(count_forwards) == 2 * ran  # through the backbone again, not garbage from disk
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    prefix_activations(model, pixels, n, pre, CPU, source_key="k", cache_dir=tmp_path)
+    assert len(count_forwards) == 2 * ran  # the rebuilt entry is whole
+
+
+FILL_FEATURES = """
+import json, sys
+import numpy as np, torch
+from headstart.backbones import load_backbone
+from headstart.features import prefix_activations
+
+cache_dir, role, result = sys.argv[1:4]
+torch.manual_seed(0)
+model = load_backbone("test_efficientnet", pretrained=False).eval()
+pixels = np.random.default_rng(0).integers(0, 256, (5, 36, 36, 3), dtype=np.uint8)
+forwards = []
+
+def hold(module, args):
+    if role == "first" and not forwards:
+        print("computing", flush=True)
+        sys.stdin.readline()  # holds the entry's lock, mid-fill, until the test says go
+    forwards.append(len(args[0]))
+
+model.stages[model.stage_names[0]].register_forward_pre_hook(hold)
+feats = prefix_activations(model, pixels, len(model.stages), model.preprocessing, torch.device("cpu"),
+                           source_key="k", cache_dir=cache_dir)
+np.save(result, feats.numpy())
+print("done", json.dumps({"forwards": len(forwards)}), flush=True)
+"""
+
+
+def test_two_processes_filling_one_entry_run_the_backbone_once_and_agree(tmp_path, children):
+    first = children(FILL_FEATURES, tmp_path / "c", "first", tmp_path / "first.npy")
+    first.expect("computing")
+    second = children(FILL_FEATURES, tmp_path / "c", "second", tmp_path / "second.npy")
+    assert f"pid {first.pid}" in second.expect("waiting for another headstart process")
+    first.send()
+    forwards = [json.loads(child.expect("done").split(" ", 1)[1])["forwards"] for child in (first, second)]
+    assert first.finish() == 0 and second.finish() == 0
+    assert forwards[0] > 0 and forwards[1] == 0  # the second read the first's entry
+    np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy"))
+    assert sorted(p.suffix for p in (tmp_path / "c" / "features").iterdir()) == [".json", ".lock", ".npy"]
 
 
 def test_views_shape_determinism_and_rng(model, pixels):
@@ -165,8 +221,8 @@ def test_cli_cache_dir_env_and_no_cache(data, tmp_path, monkeypatch):
     base = ["train", str(data), "--model", "test_efficientnet", "--epochs", "1", "--image-size", "32"]
     runner = CliRunner()
     assert runner.invoke(app, [*base, "--out", str(tmp_path / "r1")]).exit_code == 0
-    assert list((tmp_path / "env" / "features").glob("*.pt")) and list((tmp_path / "env" / "decoded").glob("*.npy"))
+    assert list((tmp_path / "env" / "features").glob("*.npy")) and list((tmp_path / "env" / "decoded").glob("*.npy"))
     assert runner.invoke(app, [*base, "--out", str(tmp_path / "r2"), "--cache-dir", str(tmp_path / "flag")]).exit_code == 0
-    assert list((tmp_path / "flag" / "features").glob("*.pt"))
+    assert list((tmp_path / "flag" / "features").glob("*.npy"))
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "r3"), "--cache-dir", str(tmp_path / "off"), "--no-cache"])
     assert result.exit_code == 0 and not (tmp_path / "off").exists()

@@ -12,11 +12,16 @@ image decoder of the serving side; the sidecar `<file>.json` beside it spells it
 Every export is loaded back from disk and checked against the PyTorch model on the same inputs (real images
 when given, else a fixed random batch): the largest logit difference and the top-1 agreement go into the
 sidecar, and an export that disagrees is deleted rather than shipped.
+
+Nothing half-written is ever under the real names: the export is written and checked under a temp name and
+renamed into place only once it passed; the old sidecar is removed just before, and the new one (with the
+file's sha256) written just after. A crash in between leaves an export without a sidecar, never an export
+with the sidecar of another; and a second export to the same file while one runs stops at once.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import time
 from pathlib import Path
 
@@ -28,7 +33,8 @@ from headstart import __version__
 from headstart.backbones import StagedModel
 from headstart.errors import HeadstartError
 from headstart.images import UnreadableImage, read_rgb
-from headstart.runs import RUN_FILE, atomic_write_text, load_run, read_run
+from headstart.files import atomic_path, atomic_write_json, exclusive
+from headstart.runs import RUN_FILE, load_run, read_run
 from headstart.transforms import Preprocessing, eval_transform, to_store
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
@@ -68,6 +74,11 @@ def export_format(out: Path, fmt: str | None) -> str:
 def sidecar_path(out: Path) -> Path:
     """model.onnx -> model.onnx.json (never run.json or config.json, even inside a run directory)."""
     return out.with_name(out.name + ".json")
+
+
+def export_lock_path(out: Path) -> Path:
+    """Held while `out` and its sidecar are written (a hidden file beside them)."""
+    return out.with_name(f".{out.name}.lock")
 
 
 def parity_inputs(pre: Preprocessing, images: list[Path] | None, n_random: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
@@ -153,6 +164,46 @@ def parity(reference: torch.Tensor, exported: np.ndarray) -> dict:
             "n": int(len(reference))}
 
 
+def check_parity(module: Deployable, exported, batch: torch.Tensor, sources: list[str], described: bool) -> dict:
+    """Logits of the file as loaded back (`exported`: images -> logits) against the PyTorch module's."""
+    chunks = batch.split(CHECK_BATCH)
+    with torch.no_grad():
+        reference = torch.cat([module(chunk)[0] for chunk in chunks])
+    check = parity(reference, np.concatenate([exported(chunk) for chunk in chunks]))
+    check["inputs"] = (f"{len(sources)} images ({', '.join(Path(s).name for s in sources[:3])}"
+                       f"{', …' if len(sources) > 3 else ''})" if described else f"{len(sources)} random images")
+    return check
+
+
+def file_sha256(path: Path) -> str:
+    """What the sidecar records of the file it describes: a server can check it has the pair that belongs together."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checked(module: Deployable, fmt: str, out: Path, batch: torch.Tensor, sources: list[str],
+                  described: bool) -> tuple[str, dict, float]:
+    """Write the export under a temp name, load it back, check it against PyTorch, and only then rename it to
+    `out` (dropping the old export's sidecar just before). Returns the file's sha256, the check and the seconds
+    the writer took; a failed check raises and leaves nothing behind."""
+    write, load = WRITERS[fmt]
+    with atomic_path(out) as tmp:  # renamed to `out` only if the block ends normally
+        t0 = time.perf_counter()
+        write(module, batch[:2].clone(), tmp)  # a clone: a view would drag the whole check batch into a .pt2
+        seconds = time.perf_counter() - t0
+        check = check_parity(module, load(tmp), batch, sources, described)
+        if not check["max_logit_difference"] <= MAX_LOGIT_DIFFERENCE:  # (`not <=` also catches NaN)
+            raise HeadstartError(f"the {fmt} export disagrees with the PyTorch model (max logit difference "
+                                 f"{check['max_logit_difference']:.2e}, top-1 agreement {check['top1_agreement']:.0%}); "
+                                 "nothing was written")
+        sha256 = file_sha256(tmp)
+        sidecar_path(out).unlink(missing_ok=True)  # the old export's sidecar must not outlive it
+    return sha256, check, seconds
+
+
 def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | None = None,
                images: list[str | Path] | None = None) -> dict:
     """Export the run's best weights to `out` (default: <run>/model.onnx) and write the sidecar JSON beside it.
@@ -166,44 +217,28 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | No
     module = Deployable(model).eval()  # (load_run gives float32 weights)
     batch, sources = parity_inputs(pre, [Path(p) for p in images] if images else None)
 
-    write, load = WRITERS[fmt]
-    t0 = time.perf_counter()
-    tmp = out.with_name(f"{out.stem}.partial{out.suffix}")  # never a half-written file under the real name
-    write(module, batch[:2].clone(), tmp)  # a clone: a view would drag the whole check batch into a .pt2
-    seconds = time.perf_counter() - t0
-    chunks = batch.split(CHECK_BATCH)
-    with torch.no_grad():
-        reference = torch.cat([module(chunk)[0] for chunk in chunks])
-    exported = load(tmp)
-    check = parity(reference, np.concatenate([exported(chunk) for chunk in chunks]))
-    check["inputs"] = (f"{len(sources)} images ({', '.join(Path(s).name for s in sources[:3])}"
-                       f"{', …' if len(sources) > 3 else ''})" if images else f"{len(sources)} random images")
-    if not check["max_logit_difference"] <= MAX_LOGIT_DIFFERENCE:  # (`not <=` also catches NaN)
-        tmp.unlink(missing_ok=True)
-        raise HeadstartError(f"the {fmt} export disagrees with the PyTorch model (max logit difference "
-                             f"{check['max_logit_difference']:.2e}, top-1 agreement {check['top1_agreement']:.0%}); "
-                             "nothing was written")
-    tmp.replace(out)
-
-    run_info = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
-    sidecar = {
-        "file": out.name, "format": fmt, "classes": config["classes"],
-        "input": {"name": INPUT_NAME, "shape": ["N", 3, pre.image_size, pre.image_size], "dtype": "float32",
-                  "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
-                  "preprocessing": f"resize the shorter side to {pre.store_size} px ({pre.interpolation}), "
-                                   f"centre-crop {pre.image_size} x {pre.image_size}, divide by 255",
-                  "resize_to": pre.store_size, "interpolation": pre.interpolation, "image_size": pre.image_size,
-                  "normalisation_inside": {"mean": list(pre.mean), "std": list(pre.std)}},
-        "outputs": [{"name": OUTPUT_NAMES[0], "shape": ["N", len(config["classes"])]},
-                    {"name": OUTPUT_NAMES[1], "shape": ["N", len(config["classes"])]}],
-        "check": check,
-        "source": {"run": str(run_dir), "model": config["model"], "strategy": config["strategy"]["name"],
-                   "best_val_accuracy": run_info.get("best_val_accuracy"), "epoch": config.get("epoch")},
-        "export_seconds": round(seconds, 2),
-        "versions": {"headstart": __version__, "torch": torch.__version__,
-                     **({"opset": ONNX_OPSET} if fmt == "onnx" else {})},
-    }
-    atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
+    # two exports to one file at once would pair one's file with the other's sidecar: the second stops here
+    with exclusive(export_lock_path(out), timeout=0, what=out, hint="wait for it or use another --out"):
+        sha256, check, seconds = write_checked(module, fmt, out, batch, sources, described=bool(images))
+        run_info = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
+        sidecar = {
+            "file": out.name, "sha256": sha256, "format": fmt, "classes": config["classes"],
+            "input": {"name": INPUT_NAME, "shape": ["N", 3, pre.image_size, pre.image_size], "dtype": "float32",
+                      "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
+                      "preprocessing": f"resize the shorter side to {pre.store_size} px ({pre.interpolation}), "
+                                       f"centre-crop {pre.image_size} x {pre.image_size}, divide by 255",
+                      "resize_to": pre.store_size, "interpolation": pre.interpolation, "image_size": pre.image_size,
+                      "normalisation_inside": {"mean": list(pre.mean), "std": list(pre.std)}},
+            "outputs": [{"name": OUTPUT_NAMES[0], "shape": ["N", len(config["classes"])]},
+                        {"name": OUTPUT_NAMES[1], "shape": ["N", len(config["classes"])]}],
+            "check": check,
+            "source": {"run": str(run_dir), "model": config["model"], "strategy": config["strategy"]["name"],
+                       "best_val_accuracy": run_info.get("best_val_accuracy"), "epoch": config.get("epoch")},
+            "export_seconds": round(seconds, 2),
+            "versions": {"headstart": __version__, "torch": torch.__version__,
+                         **({"opset": ONNX_OPSET} if fmt == "onnx" else {})},
+        }
+        atomic_write_json(sidecar_path(out), sidecar)
     return {**sidecar, "path": str(out), "sidecar": str(sidecar_path(out))}
 
 

@@ -6,13 +6,13 @@ given image never changes: computing it again every epoch (the PyTorch tutorial'
 features when the whole backbone is frozen (`linear`), feature maps otherwise — in memory and on disk,
 keyed by the model, the prefix's actual weights, the preprocessing, the decoded pixels and the cut point.
 A second run, or every strategy of `compare` with the same cut, loads the file instead of running the
-backbone.
+backbone. The file is an entry of `cache.py`'s store: written whole or not at all, checked against its
+metadata when read (a damaged one is computed again), and filled by one process at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import torch
 from torchvision.transforms.v2.functional import center_crop
 
 from headstart.backbones import StagedModel
-from headstart.cache import digest
+from headstart.cache import cached_entry, digest
 from headstart.paths import cache_root
 from headstart.progress import progress_bar
 from headstart.transforms import Preprocessing, eval_transform, normalize_batch
@@ -117,12 +117,22 @@ def prefix_activations(
     `augment` names the preset behind `augment_transform` (it is part of the cache key).
     The prefix's groups must already be in eval mode (set_train_mode does that for frozen groups).
     """
-    path = None
-    if use_cache and source_key:
-        key = features_key(model, start, pre, source_key, views, seed, augment, device)
-        path = cache_root(cache_dir) / FEATURES_DIR / f"{key}.pt"
-        if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not (use_cache and source_key):
+        return _compute(model, pixels, start, pre, device, batch_size, views, augment_transform, seed)
+
+    def build() -> tuple[np.ndarray, dict] | None:
+        out = _compute(model, pixels, start, pre, device, batch_size, views, augment_transform, seed)
+        return None if out is None else (out.numpy(), {"model": model.name, "start": start, "views": views})
+
+    key = features_key(model, start, pre, source_key, views, seed, augment, device)
+    # mapped copy-on-write: a writable tensor (torch warns about read-only arrays) whose pages stay on disk
+    entry = cached_entry(cache_root(cache_dir) / FEATURES_DIR, key, build, mmap_mode="c")
+    return None if entry is None else torch.from_numpy(entry[0])
+
+
+def _compute(model: StagedModel, pixels: np.ndarray, start: int, pre: Preprocessing, device: torch.device,
+             batch_size: int | None, views: int, augment_transform, seed: int) -> torch.Tensor | None:
+    """The prefix's output for every image (and view), or None if it would not fit in MAX_CACHE_BYTES."""
     transform = augment_transform if views else None
     batch_size = batch_size or inference_batch_size(pre.image_size, device)
     n_views = max(views, 1)
@@ -138,13 +148,7 @@ def prefix_activations(
                     chunk = _crop(_chunk(pixels, i, batch_size), pre, transform, seed, v, i)
                     out[v, i : i + len(chunk)] = run_prefix(model, chunk.to(device, non_blocking=True), start, pre).cpu()
                     bar.advance(task, len(chunk))
-    out = out if views else out[0]
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        torch.save(out.contiguous(), tmp)
-        os.replace(tmp, path)  # atomic: a concurrent or interrupted run never sees half a file
-    return out
+    return out if views else out[0]
 
 
 def _chunk(pixels: np.ndarray, i: int, n: int) -> torch.Tensor:

@@ -8,13 +8,18 @@
 
 A comparison folder holds one run directory per cell (`run_dir`) and `summary.json`; it stands for its
 winner's best run wherever a run is expected (`winner_run_dir`).
+
+Every file is replaced atomically (`headstart.files`): a run killed at any instant leaves the previous good
+version of each file or the new one, never half of one. One process writes into a run directory at a time
+(`run_folder_lock`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -22,6 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from headstart.backbones import StagedModel, load_backbone
 from headstart.errors import HeadstartError
+# (report/html.py and report/markdown.py import atomic_write_text from here)
+from headstart.files import atomic_path, atomic_write_json, atomic_write_text, folder_lock, json_default
 from headstart.transforms import Preprocessing
 
 MODEL_FILE, CONFIG_FILE, RUN_FILE, HISTORY_FILE = "model.safetensors", "config.json", "run.json", "history.csv"
@@ -29,47 +36,37 @@ RESUME_FILE = "resume.pt"  # the run after its last whole epoch: weights, optimi
 SUMMARY_FILE = "summary.json"  # a comparison folder: out/summary.json beside out/runs/<label>-seed<seed>/
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    """run.json, config.json, summary.json: replaced atomically (see `headstart.files`)."""
+    atomic_write_json(path, data)
 
 
 def plain(record: dict) -> dict:
     """`record` as it reads back from JSON (tuples as lists, paths as strings): what comparisons with a saved
     record must use."""
-    return json.loads(json.dumps(record, default=_jsonable))
+    return json.loads(json.dumps(record, default=json_default))
 
 
-def _jsonable(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+def run_folder_lock(out: str | Path) -> AbstractContextManager[Path]:
+    """Held for as long as a process writes into `out` (a run directory of `train`, the folder of `compare`).
+    A second process pointed at the same folder stops at once with one line naming the holder's pid, rather
+    than waiting: the holder may run for hours, and the second would then overwrite its results anyway."""
+    return folder_lock(out, timeout=0, hint="wait for it or use another --out")
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], config: dict) -> None:
-    """Weights and the config that rebuilds them, each replaced atomically (an interrupted write never
-    leaves a half file where the last good checkpoint was)."""
+    """Weights and the config that rebuilds them, each replaced atomically (a run killed mid-write leaves the
+    last good checkpoint where it was)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (MODEL_FILE + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "headstart-staged-v1"})
-    os.replace(tmp, run_dir / MODEL_FILE)
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "headstart-staged-v1"})
     write_json(run_dir / CONFIG_FILE, config)
 
 
 def save_resume_point(run_dir: Path, point: dict, config: dict) -> None:
     """The resume point of `train.fit` with the config it belongs to, replaced atomically each epoch."""
-    tmp = run_dir / (RESUME_FILE + ".tmp")
-    torch.save({"point": point, "config": plain(config)}, tmp)
-    os.replace(tmp, run_dir / RESUME_FILE)
+    with atomic_path(run_dir / RESUME_FILE) as tmp:
+        torch.save({"point": point, "config": plain(config)}, tmp)
 
 
 def load_resume_point(run_dir: Path) -> tuple[dict, dict] | None:
@@ -107,13 +104,11 @@ def load_run(run_dir: str | Path) -> tuple[StagedModel, dict]:
 def write_history(path: Path, history: list[dict]) -> None:
     if not history:
         return
-    fields = list(history[0])
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, text.getvalue())
 
 
 def read_history(path: Path) -> list[dict]:
