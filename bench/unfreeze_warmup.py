@@ -3,8 +3,8 @@
 Without one, a group that unfreezes at epoch e starts at the schedule's already-decayed LR with an empty
 optimizer state (AdamW's first steps are the largest). `--unfreeze-warmup-epochs W` ramps each such group from 1%
 of its LR over W epochs. This script trains gradual and lp-ft with W = 0 and W = 0.5 on the same data and seeds
-and compares best val accuracy — val is carved from CIFAR training images the 500/class subsample left unused,
-so the official test images (cifar's val/ folder) play no part in the choice.
+and compares best val accuracy on a dev split: hymenoptera's train/ folder alone, split 80/20 stratified (its
+val/ folder, where headstart's figures are reported, plays no part in the choice).
 
     PYTHONPATH=src python bench/unfreeze_warmup.py   ->  bench/results/unfreeze-warmup.json
 """
@@ -24,14 +24,13 @@ import torch
 from headstart.api import TrainConfig, train
 from headstart.data import load_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-cat-dog-horse"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera" / "train"
 OUT = Path(__file__).resolve().parent / "results" / "unfreeze-warmup.json"
-SETTINGS = dict(per_class=500, val_per_class=300, image_size=96, epochs=6, seeds=(0, 1), warmups=(0.0, 0.5))
+SETTINGS = dict(val_fraction=0.2, image_size=128, epochs=6, seeds=(0, 1, 2), warmups=(0.0, 0.5))
 
 
 def main() -> None:
-    splits = load_data(DATA, per_class=SETTINGS["per_class"], val_per_class=SETTINGS["val_per_class"], val_as_test=True)
-    splits.test = None  # nothing here may look at the test images
+    splits = load_data(DATA, val_fraction=SETTINGS["val_fraction"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in ("gradual", "lp-ft"):
@@ -52,8 +51,8 @@ def main() -> None:
             summary[f"{strategy} warmup={warmup}"] = {
                 "val_accuracy_best_mean": statistics.fmean(r["val_accuracy_best"] for r in chosen),
                 "val_accuracy_final_mean": statistics.fmean(r["val_accuracy_final"] for r in chosen)}
-    OUT.write_text(json.dumps({"settings": {**SETTINGS, "data": str(DATA.name), "val": "300/class of the unused "
-                                            "training images", "model": "efficientnet_lite0"},
+    OUT.write_text(json.dumps({"settings": {**SETTINGS, "data": "hymenoptera/train", "val": "20% of hymenoptera/train, "
+                                            "stratified, data seed 0", "model": "efficientnet_lite0"},
                                "machine": {"cpus": torch.get_num_threads(), "processor": platform.processor(),
                                            "torch": torch.__version__},
                                "summary": summary, "runs": rows}, indent=2) + "\n")
