@@ -157,9 +157,31 @@ def test_damaged_bytes_with_warnings_as_errors_are_still_only_refused(tmp_path, 
     check_damaged(tmp_path, format_mode, w, h, edits)
 
 
+@PILLOW_COMPLAINS
+@settings(FUZZ, max_examples=60)
+@given(st.sampled_from(["L", "CMYK", "RGB"]), st.booleans(), edits)
+def test_damaged_jpeg_decoded_at_reduced_scale_is_refused_by_name_or_read_as_rgb(tmp_path, mode, progressive, edits):
+    """`min_size` takes libjpeg's scaled decoding (`draft`), another path through the decoder."""
+    img, _ = picture(mode, (160, 120), seed=0)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", progressive=progressive)
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(damage(buf.getvalue(), edits))
+    out = read_or_refuse(path, min_size=32)
+    assert out is None or min(out.size) >= min(32, *header_size(path))  # the damage may have changed the size
+
+
 def check_damaged(tmp_path: Path, format_mode: tuple[str, str], w: int, h: int, edits: list) -> None:
     fmt, mode = format_mode
-    data = bytearray(encode(fmt, mode, (w, h)))
+    path = tmp_path / f"damaged.{fmt.lower()}"
+    path.write_bytes(damage(encode(fmt, mode, (w, h)), edits))
+    img = read_or_refuse(path)
+    if img is not None:
+        assert img.size in (header_size(path), header_size(path)[::-1])
+
+
+def damage(encoded: bytes, edits: list[tuple[str, int, bytes]]) -> bytes:
+    data = bytearray(encoded)
     for op, offset, chunk in edits:
         at = offset % (len(data) + 1)
         if op == "set":
@@ -170,11 +192,7 @@ def check_damaged(tmp_path: Path, format_mode: tuple[str, str], w: int, h: int, 
             del data[at:at + len(chunk)]
         else:
             del data[at:]
-    path = tmp_path / f"damaged.{fmt.lower()}"
-    path.write_bytes(bytes(data))
-    img = read_or_refuse(path)
-    if img is not None:
-        assert img.size in (header_size(path), header_size(path)[::-1])
+    return bytes(data)
 
 
 @PILLOW_COMPLAINS
