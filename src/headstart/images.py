@@ -8,7 +8,6 @@ raises `UnreadableImage` with a short reason, so the caller can skip it and name
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,16 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 
 class UnreadableImage(Exception):
-    """The file is not a usable image; the message says why in a few words."""
+    """The file is not a usable image: `reason` says why in a few words, `path` which file it was.
+
+    The message is the reason alone, because every caller already prints the path beside it (the skip list,
+    predict's rows, `check`); code that only holds the exception finds the file in `path`.
+    """
+
+    def __init__(self, reason: str, path: Path | str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.path = None if path is None else Path(path)
 
 
 def is_image_file(path: Path) -> bool:
@@ -32,59 +40,64 @@ def is_image_file(path: Path) -> bool:
 
 
 def read_rgb(path: Path | str, min_size: int | None = None) -> Image.Image:
-    """Decode `path` fully into an upright 8-bit RGB image, or raise UnreadableImage.
+    """Decode `path` fully into an upright 8-bit RGB image, or raise UnreadableImage naming it.
 
     With `min_size`, a JPEG may be decoded at a reduced scale (libjpeg's DCT scaling via `draft`) as long as
     both sides stay at least `min_size`: a 4000 px photo headed for 256 px decodes several times faster.
+
+    Safe to call from many threads at once (the caches decode with a thread pool): it changes no global state,
+    not even the warning filters, which `warnings.catch_warnings` would swap under the other threads' feet.
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise UnreadableImage("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise UnreadableImage(
-                        f"{img.width}x{img.height} pixels is over the {MAX_IMAGE_PIXELS:,} pixel limit "
-                        "(a decompression bomb?)"
-                    )
-                if min_size and img.format == "JPEG":
-                    scale = min(img.width, img.height) / min_size
-                    if scale >= 2:
-                        img.draft("RGB", (img.width // int(scale), img.height // int(scale)))
-                img.load()  # decode now: truncated files fail here, not later inside a DataLoader worker
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+        return _decode_rgb(path, min_size)
     except UnreadableImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UnreadableImage(f"too many pixels (a decompression bomb?): {e}") from e
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(f"too many pixels (a decompression bomb?): {e}", path) from e
     except Image.UnidentifiedImageError as e:
-        raise UnreadableImage("not an image Pillow can identify") from e
-    except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken headers, bad EXIF
-        raise UnreadableImage(f"cannot decode: {e}") from e
+        raise UnreadableImage("not an image Pillow can identify", path) from e
+    # truncated data, broken headers, bad EXIF; and Pillow's warnings about them (corrupt EXIF, a bomb between
+    # 1x and 2x Pillow's limit) when the warning filters make warnings errors (`python -W error`, pytest)
+    except (OSError, SyntaxError, ValueError, Warning) as e:
+        raise UnreadableImage(f"cannot decode: {e}", path) from e
+
+
+def _decode_rgb(path: Path, min_size: int | None) -> Image.Image:
+    if path.stat().st_size == 0:
+        raise UnreadableImage("empty file (0 bytes)", path)
+    with Image.open(path) as img:
+        # Our own limit, from the header alone, before any pixel is decoded: Pillow only warns between 1x and 2x
+        # its limit (the warning is printed, then this refuses the file), and a program may have lifted Pillow's
+        # limit (Image.MAX_IMAGE_PIXELS = None) for its own reasons.
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise UnreadableImage(
+                f"{img.width}x{img.height} pixels is over the {MAX_IMAGE_PIXELS:,} pixel limit "
+                "(a decompression bomb?)", path,
+            )
+        if min_size and img.format == "JPEG":
+            scale = min(img.width, img.height) / min_size
+            if scale >= 2:
+                img.draft("RGB", (img.width // int(scale), img.height // int(scale)))
+        img.load()  # decode now: truncated files fail here, not later inside a DataLoader worker
+        return to_rgb(ImageOps.exif_transpose(img))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB without the usual pitfalls.
 
     16- and 32-bit greyscale ('I;16', 'I') would be clipped at 255 by `convert('RGB')` and come out white,
-    so they are rescaled by their bit depth first. Transparent images are composited on white, which is
-    what a person sees in a viewer, instead of on the black that a plain conversion gives.
+    so they are rescaled by their bit depth first (32-bit values outside 16 bits, or negative, by their own
+    range). Float images ('F') are stretched over the range of their finite values: NaN and infinities would
+    otherwise turn the whole image into garbage. Transparent images are composited on white, which is what
+    a person sees in a viewer, instead of on the black that a plain conversion gives.
     """
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
+        return _unit_grey_to_rgb(_integer_grey_to_unit(np.asarray(img, dtype=np.float64), img.mode))
     if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+        return _unit_grey_to_rgb(_stretch_to_unit(np.asarray(img, dtype=np.float64)))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -92,3 +105,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, img).convert("RGB")
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _integer_grey_to_unit(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit modes by their bit depth; 32-bit 'I' by the depth its values fit (8 or 16 bits), else its range."""
+    if mode.startswith("I;16"):
+        return arr / 65535.0
+    if arr.size and arr.min() >= 0 and arr.max() <= 65535:
+        return arr / (65535.0 if arr.max() > 255 else 255.0)
+    return _stretch_to_unit(arr)
+
+
+def _stretch_to_unit(arr: np.ndarray) -> np.ndarray:
+    """Map the finite values' range onto [0, 1]; NaN goes to 0, infinities to the ends."""
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    arr = np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
+    return (arr - lo) / (hi - lo or 1.0)
+
+
+def _unit_grey_to_rgb(unit: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(unit * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
