@@ -140,7 +140,7 @@ def decode_images(
     label: str = "decode",
 ) -> DecodedImages:
     """Decode every image once into a square uint8 store at `pre.store_size`, skipping unreadable files."""
-    key = digest("decoded-v1", pre.store_size, pre.interpolation, [images.fingerprint(i) for i in range(len(images))])
+    key = digest("decoded-v2", pre.store_size, pre.interpolation, [images.fingerprint(i) for i in range(len(images))])
     if not use_cache:
         pixels, meta = _decode_all(images, pre, label)
     else:

@@ -250,9 +250,8 @@ def preprocess_as_sidecar_says(path: str | Path, sidecar: dict) -> np.ndarray:
     spec = sidecar["input"]
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[spec["interpolation"]]
     img = Image.open(path).convert("RGB")
-    scale = spec["resize_to"] / min(img.size)
-    w, h = max(spec["resize_to"], round(img.width * scale)), max(spec["resize_to"], round(img.height * scale))
-    img = img.resize((w, h), resample, reducing_gap=3.0)
-    s = spec["image_size"]
-    left, top = (w - s) // 2, (h - s) // 2
-    return (np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.float32) / 255.0).transpose(2, 0, 1)
+    side, r, s = min(img.size), spec["resize_to"], spec["image_size"]
+    left, top = (img.width - side) / 2, (img.height - side) / 2
+    img = img.resize((r, r), resample, box=(left, top, left + side, top + side), reducing_gap=3.0)  # centred square
+    offset = (r - s) // 2
+    return (np.asarray(img.crop((offset, offset, offset + s, offset + s)), dtype=np.float32) / 255.0).transpose(2, 0, 1)

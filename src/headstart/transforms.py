@@ -70,14 +70,15 @@ def pil_interpolation(name: str) -> int:
 
 
 def to_store(img: Image.Image, pre: Preprocessing) -> np.ndarray:
-    """Resize the shorter side to `store_size` and centre-crop a square: H x W x 3 uint8."""
+    """Resize the shorter side to `store_size` and centre-crop a square: H x W x 3 uint8. The centred square is
+    cut from the source first and only it is resized, so a 1 x 30,000 strip costs what a 1 x 1 image does."""
     size = pre.store_size
     w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((new_w, new_h), pil_interpolation(pre.interpolation), reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    img = img.resize((size, size), pil_interpolation(pre.interpolation), box=(left, top, left + side, top + side),
+                     reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def eval_transform(pre: Preprocessing) -> v2.Transform:

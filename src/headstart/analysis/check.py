@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from headstart.console import warn
-from headstart.data import DataSplits, ImageSet, load_data
+from headstart.data import DataSplits, ImageSet, content_hash, load_data
 from headstart.images import UnreadableImage, read_rgb
 
 TINY_CLASS = 10  # fewer training images than this: a class the model can barely learn, and val is noise
@@ -193,10 +193,8 @@ def _count_problems(counts: dict[str, dict[str, int]]) -> list[Problem]:
 
 
 def _file_key(images: ImageSet, ref: str) -> str | None:
-    path = Path(ref)
-    if not path.is_file():
-        return None  # built-in arrays: their content is compared by the deep check
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    """The file's content hash (data's one recipe); None for built-in arrays, compared by the deep check."""
+    return content_hash(ref) if Path(ref).is_file() else None
 
 
 def decode_image(images: ImageSet, ref: str) -> tuple[Image.Image, tuple[int, int], str]:
@@ -252,7 +250,7 @@ def inspect_images(items: list[tuple[ImageSet, str]]) -> tuple[list[dict], dict,
                 out["dhash"] = None
         except UnreadableImage as e:
             out["error"] = str(e)
-        except (OSError, ValueError, Image.UnidentifiedImageError) as e:
+        except (OSError, ValueError, Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
             out["error"] = f"cannot read: {e}"
         return out
 
