@@ -227,6 +227,8 @@ def train_one_epoch(model, net, batches, start, pre, optimizer, scheduler, fabri
         seen += len(y)
         if bar is not None:
             bar.update(task, advance=len(y), description=f"  train loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
+        if engine.stop_requested(fabric):  # Ctrl-C: every process leaves after this same step
+            raise KeyboardInterrupt
     total_loss, correct, seen = engine.sum_over_processes(fabric, total_loss, correct, seen)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
@@ -322,7 +324,7 @@ def fit(
         return fabric.setup_dataloaders(loader, use_distributed_sampler=False), val_batches
 
     try:
-        with progress_bar(transient=True) as bar:
+        with engine.catch_interrupts(), progress_bar(transient=True) as bar:
             epoch_task = bar.add_task(f"{strategy.name}", total=epochs)
             for epoch in range(epochs):
                 now = trainable_groups(strategy, model.stage_names, epoch)
