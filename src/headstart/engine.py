@@ -42,7 +42,9 @@ from headstart.errors import HeadstartError
 
 _STARTED: dict[tuple, object] = {}  # one launch per process: Fabric re-runs the command, it must not do so twice
 _STOP = threading.Event()  # set by `catch_interrupts`' signal handler; signals are per process, so is the flag
-OTHERS_GRACE_S = 60.0  # how long the first process waits, at its exit, for the others to end on their own
+# How long the first process waits, at its exit, for the others to end on their own. They have no report to
+# write: after a Ctrl-C they were gone 4-5 s before the first (2 cores, loaded); this bounds what went wrong.
+OTHERS_GRACE_S = 60.0
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -135,10 +137,12 @@ def catch_interrupts() -> Iterator[None]:
     Why not let KeyboardInterrupt fly where it lands: with several processes, one leaves the loop while
     another sits in a collective (DDP's buffer broadcast before the forward pass, the gradient all-reduce)
     that cannot complete; that one cannot even run its own signal handler, and waits until the first has
-    written its run and exited (13-21 s on 2 cores beside two CPU hogs, past the test's minute on a busier
-    machine). In any process it can also land between the weights and the config of a checkpoint, which
-    then has no config.
-    Signal handlers belong to the main thread: called from another thread, this block changes nothing."""
+    written its run and exited (5-21 s on 2 cores beside two CPU hogs, growing with the load: a test's fixed
+    minute ran out on a loaded machine). In any process it can also land between the weights and the config
+    of a checkpoint, which then has no config.
+    DataLoader workers must be forked inside the block (the loop starts them there): forked before it, they
+    die of the terminal's Ctrl-C and the step waiting for their batch fails ("DataLoader worker exited
+    unexpectedly"). Signal handlers belong to the main thread: from another thread, this block changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
