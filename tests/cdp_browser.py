@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -56,8 +57,11 @@ class Browser:
     # -- protocol
     def _read_message(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:
-            if time.monotonic() > deadline:
-                raise TimeoutError("no reply from chromium")
+            # wait for data at most until the deadline: a bare os.read would block for ever on a Chromium
+            # that hangs with the pipe open, and the deadline would never be looked at
+            ready, _, _ = select.select([self._from_chrome], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError(f"no reply from chromium within {self.timeout:.0f}s")
             chunk = os.read(self._from_chrome, 1 << 16)
             if not chunk:
                 raise RuntimeError("chromium closed the DevTools pipe")

@@ -275,6 +275,8 @@ def train_one_epoch(model, net, batches, start, pre, optimizer, scheduler, fabri
         seen += len(y)
         if bar is not None:
             bar.update(task, advance=len(y), description=f"  train loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
+        if engine.stop_requested(fabric):  # Ctrl-C: every process leaves after this same step
+            raise KeyboardInterrupt
     total_loss, correct, seen = engine.sum_over_processes(fabric, total_loss, correct, seen)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
@@ -474,7 +476,7 @@ def fit(
     state = resume_from(resume, model, optimizer, scheduler, generator) if resume else LoopState()
     phase, interrupted, stopped_early = None, False, False
     try:
-        with progress_bar(transient=True) as bar:
+        with engine.catch_interrupts(), progress_bar(transient=True) as bar:
             epoch_task = bar.add_task(strategy.name, total=plan.epochs, completed=len(state.history))
             for epoch in range(len(state.history), plan.epochs):
                 trainable = trainable_groups(strategy, model.stage_names, epoch)
