@@ -26,7 +26,7 @@ from headstart.data import load_data
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera" / "train"
 OUT = Path(__file__).resolve().parent / "results" / "unfreeze-warmup.json"
-SETTINGS = dict(val_fraction=0.2, image_size=128, epochs=6, seeds=(0, 1, 2), warmups=(0.0, 0.5))
+SETTINGS = dict(val_fraction=0.2, image_size=96, epochs=5, seeds=(0, 1), warmups=(0.0, 0.5))
 
 
 def main() -> None:
