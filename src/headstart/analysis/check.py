@@ -34,9 +34,10 @@ from PIL import Image
 
 from headstart.data import DataSplits, ImageSet, load_data
 from headstart.images import UnreadableImage, read_rgb
+from headstart.stats import IMBALANCE_RATIO, is_imbalanced
 
 TINY_CLASS = 10  # fewer training images than this: a class the model can barely learn, and val is noise
-IMBALANCE_FLAG = 1.5  # largest / smallest training class above which check reports the imbalance (info)
+IMBALANCE_FLAG = IMBALANCE_RATIO  # largest / smallest training class above which check reports it (stats.is_imbalanced)
 IMBALANCE_WARN = 3.0  # ... and above which it is a warning that `train` prints too
 IMBALANCE_HANDLING = ("selection and the headline use balanced accuracy; training counters it with class weighting "
                       "— see `--balance`")
@@ -148,7 +149,7 @@ def class_imbalance(train_counts: dict[str, int]) -> dict | None:
         return None
     largest, smallest = max(present, key=present.get), min(present, key=present.get)
     ratio = present[largest] / present[smallest]
-    if ratio <= IMBALANCE_FLAG:
+    if not is_imbalanced(list(present.values())):
         return None
     return {"ratio": round(ratio, 2), "largest": largest, "smallest": smallest, "counts": dict(train_counts),
             "handling": IMBALANCE_HANDLING}
