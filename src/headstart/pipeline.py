@@ -292,7 +292,7 @@ def evidence_note(result: FitResult, n_val: int, test: TestSet | None) -> str:
     """What was selected on what, in one line (the reports print it in small type)."""
     chosen = "best epoch" + (" and early stop" if result.stopped_early else "")
     metric = result.select_on.replace("_", " ")
-    selected = f"{chosen} chosen on {n_val:,} val images ({metric})"
+    selected = f"{chosen} chosen by {metric} on {n_val:,} val images"
     if test is None:
         return f"{selected}; no test split, so no figure here is free of selection"
     return f"{selected}; figures on {len(test.split):,} test images nothing was selected on"

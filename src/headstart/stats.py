@@ -417,6 +417,7 @@ def _run_rng(seed: int, strategy: str) -> np.random.Generator:
 
 def _interval(name: str, table: _Table, replicates: np.ndarray, metric: str, confidence: float) -> Interval:
     low, high = _percentile_interval(replicates, confidence)
+    low, high = max(0.0, low), min(1.0, high)  # t tails of two or three runs can reach past what a metric can be
     return Interval(strategy=name, metric=metric, estimate=float(_run_scores(table, metric).mean()), low=low,
                     high=high, runs=table.correct.shape[0], images=len(table.image_ids), confidence=confidence)
 
@@ -425,6 +426,7 @@ def _difference(a: str, b: str, tables: dict[str, _Table], replicates: dict[str,
                 confidence: float) -> Difference:
     differences = replicates[a] - replicates[b]
     low, high = _percentile_interval(differences, confidence)
+    low, high = max(-1.0, low), min(1.0, high)
     estimate = float(_run_scores(tables[a], metric).mean() - _run_scores(tables[b], metric).mean())
     return Difference(a=a, b=b, metric=metric, difference=estimate, low=low, high=high,
                       p_value=_bootstrap_p_value(differences), confidence=confidence)
