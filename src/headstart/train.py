@@ -603,8 +603,8 @@ def run_epoch(model, phase: ActivePhase, epoch: int, strategy: Strategy, optimiz
     lrs = group_lrs(optimizer)  # the LRs the epoch starts with
     task = bar.add_task("  train", total=math.ceil(len(phase.train_batches.dataset) / fabric.world_size))
     train_loss, train_acc = train_one_epoch(model, phase.net, phase.train_batches, phase.start, model.preprocessing,
-                                            optimizer, scheduler, fabric, cfg.label_smoothing, bar, task, penalty,
-                                            class_weights)
+                                            optimizer, scheduler, fabric, cfg.label_smoothing, bar, task,
+                                            penalty=penalty, class_weights=class_weights)
     bar.remove_task(task)
     logits, labels = predict_batches(model, phase.val_batches, phase.start, model.preprocessing, fabric.device)
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
