@@ -85,13 +85,13 @@ def test_linear_on_real_photos_beats_chance_by_a_clear_margin(tmp_path):
 
 def test_runs_with_other_seeds_see_the_same_split_and_subsample(tmp_path, monkeypatch):
     """The run seed varies the training; the images it trains and validates on stay fixed (data_seed)."""
-    import headstart.api as api
+    import headstart.pipeline as pipeline
     from conftest import make_folder
 
     make_folder(tmp_path / "data", n=10)  # no val/: split by fraction, then subsampled
     drawn = []
-    real_load_data = api.load_data
-    monkeypatch.setattr(api, "load_data", lambda *a, **kw: drawn.append(real_load_data(*a, **kw)) or drawn[-1])
+    real_load_data = pipeline.load_data  # (pipeline.train is api.train: the one place a run loads its data)
+    monkeypatch.setattr(pipeline, "load_data", lambda *a, **kw: drawn.append(real_load_data(*a, **kw)) or drawn[-1])
     for seed in (0, 1):
         train(tmp_path / "data", one_step_config(seed=seed), tmp_path / f"run{seed}", per_class=4, val_fraction=0.3)
     assert drawn[0].train.refs == drawn[1].train.refs and drawn[0].val.refs == drawn[1].val.refs
