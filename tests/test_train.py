@@ -129,9 +129,10 @@ def test_imbalance_is_countered_and_selected_on_balanced_accuracy(tmp_path, monk
     make_folder(data / "train", classes=("blue",), n=3, seed=2)
     make_folder(data / "val", n=3, seed=3)
     make_folder(data / "test", n=4, seed=4)
-    seen_weights = []
-    real = train_mod.train_one_epoch
+    seen_weights, samplers = [], []
+    real, real_sampler = train_mod.train_one_epoch, train_mod.balanced_sampler
     monkeypatch.setattr(train_mod, "train_one_epoch", lambda *a, **k: seen_weights.append(k["class_weights"]) or real(*a, **k))
+    monkeypatch.setattr(train_mod, "balanced_sampler", lambda *a: samplers.append(a[1]) or real_sampler(*a))
     run = train(data, one_step_config(epochs=3, strategy="full"), tmp_path / "run")
     assert run["selected_on"] == "val_balanced_accuracy" and run["test_metric"] == "balanced_accuracy"
     assert run["balance"] == BALANCE_AUTO and run["class_counts"] == {"blue": 3, "red": 12}
@@ -140,7 +141,9 @@ def test_imbalance_is_countered_and_selected_on_balanced_accuracy(tmp_path, monk
     assert run["best_epoch"] == balanced.index(max(balanced)) + 1
     assert "imbalanced" in (tmp_path / "run" / "report.html").read_text()
     if BALANCE_AUTO == "weighted":  # blue weighs 4x red in the loss: N / (K n_c) = 15/6 and 15/24
-        assert [w.tolist() for w in seen_weights] == [[2.5, 0.625]] * 3
+        assert [w.tolist() for w in seen_weights] == [[2.5, 0.625]] * 3 and samplers == []
+    else:  # class-balanced batches drawn from the training counts, the loss unweighted
+        assert samplers == [[3, 12]] and seen_weights == [None] * 3
     balanced_run = train(data, one_step_config(epochs=1, balance="none"), tmp_path / "none")
     assert balanced_run["balance"] == "none" and balanced_run["selected_on"] == "val_balanced_accuracy"
 
@@ -161,5 +164,8 @@ def test_balance_recipes():
     assert torch.equal(drawn, again)  # the run's generator: a seed repeats the draws
     assert resolve_balance("auto", [10, 9]) == "none" and resolve_balance("auto", [10, 6]) != "none"
     assert resolve_balance("sampler", [10, 10]) == "sampler"
+    assert resolve_balance("auto", [10, 2], world_size=2) == "weighted"  # several processes: the loss is weighed
+    with pytest.raises(HeadstartError, match="with --devices N use --balance weighted"):
+        resolve_balance("sampler", [10, 2], world_size=2)
     with pytest.raises(HeadstartError, match="--balance must be one of"):
         resolve_balance("oversample", [10, 2])

@@ -184,16 +184,22 @@ def default_views(strategy: Strategy, epochs: int, augment: str) -> int:
 
 
 BALANCE_MODES = ("auto", "weighted", "sampler", "none")
-BALANCE_AUTO = "weighted"  # what `auto` does on imbalanced classes (measured: docs/analysis.md, "Imbalanced classes")
+BALANCE_AUTO = "sampler"  # what `auto` does on imbalanced classes: the better on val (bench/imbalance.py, docs/analysis.md)
 
 
-def resolve_balance(balance: str, counts: list[int]) -> str:
+def resolve_balance(balance: str, counts: list[int], world_size: int = 1) -> str:
     """How a run counters imbalanced training classes: `auto` is BALANCE_AUTO when they are imbalanced
-    (`stats.is_imbalanced`) and none otherwise; an explicit mode is kept as it is."""
+    (`stats.is_imbalanced`) and none otherwise; an explicit mode is kept as it is. The sampler draws the batches
+    of one process, so `auto` weighs the loss instead with several (`--devices`), and an explicit sampler is refused."""
     if balance not in BALANCE_MODES:
         raise HeadstartError(f"--balance must be one of {', '.join(BALANCE_MODES)}, got {balance!r}")
+    if balance == "sampler" and world_size > 1:
+        raise HeadstartError("--balance sampler draws the batches of one process; with --devices N use "
+                             "--balance weighted (or auto)")
     if balance == "auto":
-        return BALANCE_AUTO if is_imbalanced(counts) else "none"
+        if not is_imbalanced(counts):
+            return "none"
+        return "weighted" if BALANCE_AUTO == "sampler" and world_size > 1 else BALANCE_AUTO
     return balance
 
 
@@ -375,10 +381,7 @@ def plan_run(model: StagedModel, strategy: Strategy, n_train: int, cfg: TrainCon
     unfreeze = {name: epoch * steps for name in model.group_names
                 if (epoch := unfreeze_epoch(strategy, model.stage_names, name)) is not None}
     counts = list(class_counts or [])
-    balance = resolve_balance(cfg.balance, counts)
-    if balance == "sampler" and world_size > 1:
-        raise HeadstartError("--balance sampler draws the batches of one process; with --devices N use "
-                             "--balance weighted")
+    balance = resolve_balance(cfg.balance, counts, world_size)
     return RunPlan(epochs, augment, views, batch_size, steps,
                    cfg.num_workers if cfg.num_workers is not None else default_workers(augment),
                    max(p.start_epoch for p in phases), unfreeze, counts, balance, selection_metric(counts))

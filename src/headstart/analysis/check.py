@@ -39,8 +39,8 @@ from headstart.stats import IMBALANCE_RATIO, is_imbalanced
 TINY_CLASS = 10  # fewer training images than this: a class the model can barely learn, and val is noise
 IMBALANCE_FLAG = IMBALANCE_RATIO  # largest / smallest training class above which check reports it (stats.is_imbalanced)
 IMBALANCE_WARN = 3.0  # ... and above which it is a warning that `train` prints too
-IMBALANCE_HANDLING = ("selection and the headline use balanced accuracy; training counters it with class weighting "
-                      "— see `--balance`")
+IMBALANCE_HANDLING = ("selection and the headline use balanced accuracy; training counters it with class-balanced "
+                      "batches — see `--balance`")
 NEAR_DUPLICATE_BITS = 4  # dHash Hamming distance (of 64) at or below which two images are near-duplicate candidates
 SMALL_IMAGE = 32  # shorter side in pixels
 BLANK_STD = 2.0  # grey levels: an image this flat is reported as blank; a hash this flat is noise, so not matched
