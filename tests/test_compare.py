@@ -1,11 +1,14 @@
-"""compare: every strategy × seed on one split, summary.json from the runs' own records, resumable."""
+"""compare: every strategy × seed on one split, judged on test images nothing was selected on; summary.json from
+the runs' own records (test predictions, histories); resumable, and reused only on the very same images."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 
+import numpy as np
 import pytest
 
 import headstart.compare as compare_mod
@@ -32,7 +35,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    summary = compare(data, STRATEGIES, SEEDS, out, tiny_config(cache_dir=str(out / "cache")), command="test")
+    summary = compare(data, STRATEGIES, SEEDS, out, tiny_config(cache_dir=str(out / "cache")), val_as_test=True,
+                      command="test")
     return out, summary
 
 
@@ -41,26 +45,37 @@ def history(path):
         return list(csv.DictReader(f))
 
 
-def test_summary_equals_statistics_recomputed_from_histories(finished):
+def test_summary_equals_statistics_recomputed_from_the_runs_records(finished):
+    """Reported: the test metric, averaged over seeds from each run's test_predictions.csv; apart from it, the
+    selection figure (the best epoch's val accuracy from history.csv); the verdict decides the winner."""
     out, summary = finished
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["winner"] == summary["winner"] and set(on_disk["strategies"]) == set(STRATEGIES)
+    assert on_disk["metric"] == "accuracy" and "margin" not in on_disk and "margin_exceeds_spread" not in on_disk
     for name in STRATEGIES:
         rows = [history(run_dir(out, name, s) / "history.csv") for s in SEEDS]
         runs = [json.loads((run_dir(out, name, s) / "run.json").read_text()) for s in SEEDS]
+        tests = [np.mean([r["true"] == r["predicted"] for r in history(run_dir(out, name, s) / "test_predictions.csv")])
+                 for s in SEEDS]
         best_val = [max(float(r["val_accuracy"]) for r in h) for h in rows]
         final_train = [float(h[-1]["train_accuracy"]) for h in rows]
         gap = [float(h[-1]["train_accuracy"]) - float(h[-1]["val_accuracy"]) for h in rows]
         got = on_disk["strategies"][name]
-        for key, values in (("val_accuracy", best_val), ("final_train_accuracy", final_train), ("gap", gap),
+        assert got["test"]["estimate"] == pytest.approx(statistics.mean(tests), abs=1e-9), name
+        assert got["test"]["low"] <= got["test"]["estimate"] <= got["test"]["high"]
+        assert got["test_per_seed"] == pytest.approx(tests) == [r["test_accuracy"] for r in runs]
+        assert got["test"] == on_disk["verdict"]["intervals"][name]  # the table shows the verdict's own numbers
+        for key, values in (("val_accuracy_best", best_val), ("final_train_accuracy", final_train), ("gap", gap),
                             ("wall_seconds", [r["train_seconds"] for r in runs]),
                             ("trainable_params", [r["trainable_params_max"] for r in runs])):
             assert got[f"{key}_mean"] == pytest.approx(statistics.mean(values), abs=1e-9), (name, key)
             assert got[f"{key}_std"] == pytest.approx(statistics.stdev(values), abs=1e-9), (name, key)
-    means = {n: on_disk["strategies"][n]["val_accuracy_mean"] for n in STRATEGIES}
-    assert on_disk["winner"] == max(means, key=means.get)
-    ranked = sorted(means.values(), reverse=True)
-    assert on_disk["margin"] == pytest.approx(ranked[0] - ranked[1])
+    verdict = on_disk["verdict"]
+    assert on_disk["winner"] == verdict["winner"] and on_disk["recommended"] == verdict["recommended"]
+    assert on_disk["winner"] in (None, verdict["best"])
+    estimates = {n: on_disk["strategies"][n]["test"]["estimate"] for n in STRATEGIES}
+    assert on_disk["ranking"] == sorted(estimates, key=estimates.get, reverse=True)
+    assert on_disk["sentence"] == verdict["sentence"]
 
 
 def test_controlled_settings_are_the_same_for_every_strategy(finished):
@@ -71,7 +86,12 @@ def test_controlled_settings_are_the_same_for_every_strategy(finished):
     assert configs["linear"]["views"] > 0 and configs["partial"]["views"] > 0  # cached augmented views
     assert all(configs[n]["views"] == 0 for n in STRATEGIES if n not in ("linear", "partial"))
     splits = {json.loads((run_dir(out, n, s) / "run.json").read_text())["n_train"] for n in STRATEGIES for s in SEEDS}
-    assert splits == {16}  # the same training images in every run
+    assert splits == {12}  # the same training images in every run (8/class, 2 of them carved off for val)
+    fingerprints = {json.dumps(json.loads((run_dir(out, n, s) / "config.json").read_text())["fingerprints"])
+                    for n in STRATEGIES for s in SEEDS}
+    assert len(fingerprints) == 1  # ... the same val and test images too, by content
+    ids = {tuple(r["image"] for r in history(run_dir(out, n, s) / "test_predictions.csv")) for n in STRATEGIES for s in SEEDS}
+    assert len(ids) == 1 and len(next(iter(ids))) == 8 and next(iter(ids))[0].startswith("val/")  # val/ became test
     assert summary["setup"]["seeds"] == SEEDS and summary["setup"]["command"] == "test"
 
 
@@ -80,7 +100,8 @@ def test_reports_have_one_row_per_strategy(finished):
     md = (out / "report.md").read_text()
     table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| strategy")]
     assert len(table_rows) == len(STRATEGIES)
-    assert summary["winner"] in md.split("\n\n")[1]  # the winner is named in the first paragraph
+    assert summary["sentence"][1:] in md.split("\n\n")[1]  # the verdict is the first paragraph
+    assert "nothing was selected on" in md and "val images" in md  # what was selected on what, in small type
     html = (out / "report.html").read_text()
     assert html.count('data-strategy="') == len(STRATEGIES)
     assert "src=\"file:" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
@@ -99,7 +120,7 @@ def test_interrupted_compare_finishes_only_the_missing_runs(data, tmp_path, monk
 
     monkeypatch.setattr(train_mod, "train_one_epoch", ctrl_c_in_third_run)
     with pytest.raises(KeyboardInterrupt):
-        compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
+        compare(data, STRATEGIES, SEEDS, out, cfg, val_as_test=True, report=False)
     monkeypatch.setattr(train_mod, "train_one_epoch", real_epoch)
     third = run_dir(out, "partial", 0)  # runs go seed by seed: scratch, linear, partial with seed 0 first
     assert json.loads((third / "run.json").read_text())["interrupted"] is True  # kept, marked, to be redone
@@ -113,28 +134,78 @@ def test_interrupted_compare_finishes_only_the_missing_runs(data, tmp_path, monk
         return real_train(splits, cfg, directory, **kw)
 
     monkeypatch.setattr(compare_mod, "train_run", record)
-    summary = compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
+    summary = compare(data, STRATEGIES, SEEDS, out, cfg, val_as_test=True, report=False)
     assert trained == [("partial", 0), ("scratch", 1), ("linear", 1), ("partial", 1)]
     assert {d: (d / "run.json").stat().st_mtime_ns for d in done} == done  # finished runs untouched
     assert json.loads((third / "run.json").read_text())["interrupted"] is False
     assert set(summary["strategies"]) == set(STRATEGIES)
     trained.clear()
-    compare(data, STRATEGIES, SEEDS, out, cfg, report=False)
+    compare(data, STRATEGIES, SEEDS, out, cfg, val_as_test=True, report=False)
     assert trained == []  # everything finished: nothing is redone
 
 
 def test_a_finished_run_with_other_settings_is_refused(finished, data):
     out, _ = finished
     with pytest.raises(HeadstartError, match="other settings.*epochs"):
-        compare(data, ["scratch"], [0], out, tiny_config(epochs=3, cache_dir=str(out / "cache")))
+        compare(data, ["scratch"], [0], out, tiny_config(epochs=3, cache_dir=str(out / "cache")), val_as_test=True)
 
 
-@pytest.mark.parametrize("other_data", [dict(per_class=4), dict(val_per_class=2)])
+@pytest.mark.parametrize("other_data", [dict(per_class=4), dict(val_per_class=1)])
 def test_a_finished_run_on_other_data_is_refused(finished, data, other_data):
     """Same training settings, other images (a subsample, a smaller val set): not the same experiment."""
     out, _ = finished
     with pytest.raises(HeadstartError, match="other settings.*(per_class|val_files)"):
-        compare(data, ["linear"], [0], out, tiny_config(cache_dir=str(out / "cache")), **other_data)
+        compare(data, ["linear"], [0], out, tiny_config(cache_dir=str(out / "cache")), val_as_test=True, **other_data)
+
+
+def test_a_finished_run_on_equal_counts_of_other_images_is_not_reused(finished, data, tmp_path, monkeypatch):
+    """The same folder, names and counts, with one training image swapped for a test image of its class: every
+    descriptive key matches, only the content differs, and the run is not reused."""
+    out, _ = finished
+    copy = shutil.copytree(data, tmp_path / data.name)
+    shutil.copytree(out / "runs" / "linear-seed0", tmp_path / "cmp" / "runs" / "linear-seed0")
+    a, b = copy / "train" / "ants" / "000.png", copy / "val" / "ants" / "000.png"
+    a_bytes = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(a_bytes)
+    config = json.loads((tmp_path / "cmp" / "runs" / "linear-seed0" / "config.json").read_text())
+    config["data"] = str(copy)  # recorded as if it had trained on the copy before the swap
+    (tmp_path / "cmp" / "runs" / "linear-seed0" / "config.json").write_text(json.dumps(config))
+    trained = []
+    monkeypatch.setattr(compare_mod, "train_run", lambda *a, **k: trained.append(a))
+    with pytest.raises(HeadstartError, match=r"other settings.*images: other .*test images \(same settings, different"):
+        compare(copy, ["linear"], [0], tmp_path / "cmp", tiny_config(cache_dir=str(out / "cache")), val_as_test=True)
+    assert trained == []
+    a.write_bytes(a_bytes)  # swapped back: the same images again, and the run is reused as it is
+    b.write_bytes((data / "val" / "ants" / "000.png").read_bytes())
+    compare(copy, ["linear"], [0], tmp_path / "cmp", tiny_config(cache_dir=str(out / "cache")), val_as_test=True,
+            report=False)
+    assert trained == []
+
+
+def test_compare_without_test_images_is_refused_with_the_way_out(data, tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(compare_mod, "train_run", lambda *a, **k: trained.append(a))
+    with pytest.raises(HeadstartError, match="no test split: use --val-as-test .* --test-fraction F .* --folds K"):
+        compare(data, ["linear"], [0], tmp_path / "cmp", tiny_config())
+    assert trained == [] and not (tmp_path / "cmp").exists()
+
+
+def test_folds_pool_out_of_fold_predictions(tmp_path):
+    """K-fold: every image is a test image exactly once per seed, each fold in its own run directory, and the
+    reported figure is over all of them."""
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "data", n=9)  # unsplit: 18 images
+    summary = compare(data, ["linear"], [0], tmp_path / "cmp", tiny_config(epochs=1, cache_dir=str(tmp_path / "cache")),
+                      folds=3, report=False)
+    ids = []
+    for k in (1, 2, 3):
+        ids += [r["image"] for r in history(tmp_path / "cmp" / "runs" / f"linear-fold{k}-seed0" / "test_predictions.csv")]
+    assert sorted(ids) == sorted(f"{c}/{i}.png" for c in ("red", "blue") for i in range(9))  # each exactly once
+    row = summary["strategies"]["linear"]
+    assert row["n_runs"] == 3 and row["test"]["images"] == 18 and summary["setup"]["folds"] == 3
+    assert "3-fold cross-validation" in summary["setup"]["evidence"]
 
 
 def test_a_finished_run_on_the_same_data_named_another_way_is_reused(finished, data, monkeypatch):
@@ -142,7 +213,7 @@ def test_a_finished_run_on_the_same_data_named_another_way_is_reused(finished, d
     monkeypatch.chdir(data.parent)
     trained = []
     monkeypatch.setattr(compare_mod, "train_run", lambda *a, **k: trained.append(a))
-    compare(data.name, ["linear"], [0], out, tiny_config(cache_dir=str(out / "cache")), report=False)
+    compare(data.name, ["linear"], [0], out, tiny_config(cache_dir=str(out / "cache")), val_as_test=True, report=False)
     assert trained == []  # a relative path to the same folder is the same data
 
 
@@ -155,7 +226,8 @@ def test_bad_arguments_fail_before_training(data, tmp_path):
 
 def test_partial_depths_compare_side_by_side(data, tmp_path):
     labels = ["partial:1", "partial:3"]
-    summary = compare(data, labels, [0], tmp_path / "cmp", tiny_config(epochs=1, cache_dir=str(tmp_path / "cache")))
+    summary = compare(data, labels, [0], tmp_path / "cmp", tiny_config(epochs=1, cache_dir=str(tmp_path / "cache")),
+                      val_as_test=True)
     assert set(summary["strategies"]) == set(labels)
     configs = {k: json.loads((run_dir(tmp_path / "cmp", f"partial:{k}", 0) / "config.json").read_text()) for k in (1, 3)}
     assert run_dir(tmp_path / "cmp", "partial:3", 0).name == "partial-k3-seed0"
@@ -189,12 +261,14 @@ def test_cli_compare_reuses_the_finished_runs(finished, data, monkeypatch):
     result = CliRunner().invoke(app, [
         "compare", str(data), "--model", "test_efficientnet", "--strategies", ",".join(STRATEGIES), "--seeds",
         ",".join(map(str, SEEDS)), "--epochs", "2", "--image-size", "32", "--batch-size", "8",
-        "--cache-dir", str(out / "cache"), "--out", str(out), "--json"])
+        "--cache-dir", str(out / "cache"), "--out", str(out), "--val-as-test", "--json"])
     assert result.exit_code == 0, result.output
     assert trained == []  # same settings as the library call: every run is reused
     printed = json.loads(result.stdout[result.stdout.index("{"):])
-    assert printed["winner"] == summary["winner"]
-    assert printed["strategies"]["linear"]["val_accuracy_mean"] == summary["strategies"]["linear"]["val_accuracy_mean"]
+    assert printed["winner"] == summary["winner"] and printed["sentence"] == summary["sentence"]
+    assert printed["strategies"]["linear"]["test"] == summary["strategies"]["linear"]["test"]
+    refused = CliRunner().invoke(app, ["compare", str(data), "--model", "test_efficientnet", "--out", str(out)])
+    assert refused.exit_code == 2 and "--val-as-test" in refused.output and "Traceback" not in refused.output
 
 
 def test_a_finished_run_whose_strategy_defaults_changed_is_refused(finished, data, monkeypatch):
@@ -206,10 +280,10 @@ def test_a_finished_run_whose_strategy_defaults_changed_is_refused(finished, dat
     out, _ = finished
     monkeypatch.setitem(strategies.STRATEGIES, "partial", replace(strategies.STRATEGIES["partial"], head_lr=0.5))
     with pytest.raises(HeadstartError, match="other settings.*strategy spec.*head_lr"):
-        compare(data, ["partial"], [0], out, tiny_config(cache_dir=str(out / "cache")))
+        compare(data, ["partial"], [0], out, tiny_config(cache_dir=str(out / "cache")), val_as_test=True)
 
 
-def test_a_comparison_folder_stands_for_its_winners_best_run(finished, data, tmp_path):
+def test_a_comparison_folder_stands_for_its_chosen_runs_best_on_val(finished, data, tmp_path):
     from typer.testing import CliRunner
 
     from headstart.api import evaluate, predict
@@ -225,3 +299,21 @@ def test_a_comparison_folder_stands_for_its_winners_best_run(finished, data, tmp
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout[result.stdout.index("{"):])["accuracy"] == evaluate(best, data)["accuracy"]
 
+
+
+def test_the_run_a_comparison_stands_for_is_chosen_on_val_never_on_test(tmp_path):
+    """No winner: the recommended strategy (the cheapest of the tied), and of its runs the best on val, even when
+    another run, or another strategy, has the higher test figure."""
+    from headstart.runs import best_run
+
+    def run(name, seed, val, test):
+        return {"seed": seed, "run_dir": f"runs/{name}-seed{seed}", "selection_score": val, "test_accuracy": test}
+
+    summary = {"winner": None, "recommended": "linear", "strategies": {
+        "linear": {"runs": [run("linear", 0, 0.90, 0.60), run("linear", 1, 0.80, 0.99)]},
+        "full": {"runs": [run("full", 0, 0.95, 0.99)]}}}
+    assert best_run(tmp_path, summary) == tmp_path / "runs" / "linear-seed0"
+    assert best_run(tmp_path, {**summary, "winner": "full"}) == tmp_path / "runs" / "full-seed0"
+    nothing = {**summary, "recommended": None}  # nothing beats chance: the best mean val score decides
+    nothing["strategies"]["linear"]["selection_score_mean"], nothing["strategies"]["full"]["selection_score_mean"] = 0.85, 0.95
+    assert best_run(tmp_path, nothing) == tmp_path / "runs" / "full-seed0"

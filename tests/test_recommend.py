@@ -85,6 +85,6 @@ def test_cli_recommend_json_and_verify(tmp_path):
     assert rec["strategy"] == "linear"  # 10 images per class: too few to fine-tune
     v = rec["verify"]
     assert set(v["results"]) == {"linear", "partial"}
-    assert all(0 <= r["best_val_accuracy"] <= 1 and r["epochs"] == 1 for r in v["results"].values())
+    assert all(0 <= r["val_accuracy_best"] <= 1 and r["epochs"] == 1 for r in v["results"].values())
     assert isinstance(v["held"], bool)
     assert (tmp_path / "runs" / "partial" / "run.json").is_file()

@@ -61,32 +61,51 @@ def test_inspect_draws_the_diagram(tmp_path):
     assert fills.count(TRAINABLE) == 3 and fills[0] == FROZEN  # partial: the last 2 stage groups + head
 
 
-def summary_of(val: dict[str, float], gap: dict[str, float], winner: str, std: float = 0.01) -> dict:
-    table = {n: {"val_accuracy_mean": v, "val_accuracy_std": std, "final_train_accuracy_mean": v + gap[n],
-                 "gap_mean": gap[n], "n_seeds": 3, "pretrained": n != "scratch", "description": n,
-                 "wall_seconds_mean": 600.0 if n == "scratch" else 50.0}
-             for n, v in val.items()}
-    ranked = sorted(val, key=val.get, reverse=True)
-    return {"winner": winner, "strategies": table, "ranking": ranked, "runner_up": ranked[1],
-            "margin": val[ranked[0]] - val[ranked[1]], "margin_exceeds_spread": val[ranked[0]] - val[ranked[1]] > std,
-            "setup": {"n_train": 1500}}
+def summary_of(test: dict[str, float], gap: dict[str, float], n: int = 1000) -> dict:
+    """A summary as compare writes it, from synthetic test predictions with the given accuracies (errors drawn
+    independently per strategy, three identical seeds) and the real verdict."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from headstart.stats import Cost, RunPredictions, verdict
+
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 2
+    runs = []
+    for name, accuracy in test.items():
+        pred = y.copy()
+        wrong = rng.choice(n, round((1 - accuracy) * n), replace=False)
+        pred[wrong] = 1 - pred[wrong]
+        runs += [RunPredictions(name, seed, y, pred, list(range(n))) for seed in range(3)]
+    seconds = {name: {"scratch": 600.0, "linear": 10.0}.get(name, 50.0) for name in test}
+    costs = {name: Cost(seconds[name], 2_600 if name == "linear" else 3_400_000) for name in test}
+    judged = verdict(runs, costs, num_classes=2)
+    table = {name: {"test": asdict(judged.intervals[name]), "final_train_accuracy_mean": test[name] + gap[name],
+                    "gap_mean": gap[name], "n_seeds": 3, "pretrained": name != "scratch", "description": name,
+                    "wall_seconds_mean": seconds[name]} for name in test}
+    return {"metric": judged.metric, "chance": judged.chance, "winner": judged.winner, "recommended": judged.recommended,
+            "best": judged.best, "tied": judged.tied, "sentence": judged.sentence, "verdict": asdict(judged),
+            "strategies": table, "ranking": sorted(test, key=test.get, reverse=True), "setup": {"n_train": 1500}}
 
 
-def test_findings_say_who_won_and_why_in_numbers():
-    s = summary_of({"scratch": 0.55, "linear": 0.83, "partial": 0.87}, {"scratch": 0.35, "linear": 0.02, "partial": 0.09},
-                   "partial")
+def test_findings_say_the_verdict_and_why_in_test_figures():
+    s = summary_of({"scratch": 0.55, "linear": 0.83, "partial": 0.87}, {"scratch": 0.35, "linear": 0.02, "partial": 0.09})
     text = findings(s)
-    assert text[0].startswith("partial wins with 87.0% ± 1.0%") and "4.0 points ahead of linear" in text[0]
-    assert "by 32.0 points" in text[1] and "35.0 points gap" in text[1] and "memorises" in text[1]
-    assert "adds 4.0 points over frozen features" in text[2]
-    close = findings(summary_of({"linear": 0.917, "partial": 0.919}, {"linear": 0.04, "partial": 0.03}, "partial",
-                                std=0.004))
-    assert "barely better than frozen features" in close[1] and "0.2 points behind" in close[1]
-    easy = findings(summary_of({"scratch": 0.978, "linear": 0.992}, {"scratch": -0.01, "linear": 0.0}, "linear"))
+    assert s["winner"] == "partial" and text[0] == s["sentence"][0].upper() + s["sentence"][1:] + "."
+    assert text[0].startswith("Partial wins: it beats every other strategy at 95% on accuracy")
+    assert "by 32.0 points (95% interval" in text[1] and "35.0 points gap" in text[1] and "memorises" in text[1]
+    assert "adds 4.0 points (95% interval" in text[2] and "over frozen features" in text[2]
+    close = summary_of({"linear": 0.917, "partial": 0.919}, {"linear": 0.04, "partial": 0.03})
+    assert close["winner"] is None and close["recommended"] == "linear"  # tied, and linear is the cheaper
+    assert "are tied on this data" in findings(close)[0] and "linear is 5.0× cheaper" in findings(close)[0]
+    assert "not clearly better than frozen features" in findings(close)[1] and "0.2 points behind" in findings(close)[1]
+    easy = findings(summary_of({"scratch": 0.978, "linear": 0.992}, {"scratch": -0.01, "linear": 0.0}))
     assert "easy even from random weights" in easy[1] and "1.4 points behind" in easy[1] and "600 s" in easy[1]
     assert not any("makes the difference" in line for line in easy)  # no strong claim from a small difference
-    tied = summary_of({"linear": 0.830, "partial": 0.835}, {"linear": 0.0, "partial": 0.0}, "partial", std=0.02)
-    assert "treat the two as tied" in findings(tied)[0]
+    chance = summary_of({"linear": 0.51, "partial": 0.52}, {"linear": 0.3, "partial": 0.4}, n=100)
+    assert findings(chance)[0].startswith("No strategy beats chance") and "reaches down to chance" in findings(chance)[1]
+    assert len(findings(chance)) == 2  # no reasons are read into noise
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +131,7 @@ def compare_out(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     cfg = TrainConfig(model="test_efficientnet", epochs=2, image_size=32, batch_size=8, num_workers=0,
                       patience=None, cache_dir=str(out / "cache"))
-    compare(data, ["scratch", "linear", "partial"], [0, 1], out, cfg, command="headstart compare tiny")
+    compare(data, ["scratch", "linear", "partial"], [0, 1], out, cfg, val_as_test=True, command="headstart compare tiny")
     return out
 
 
@@ -129,7 +148,9 @@ def test_report_opens_in_headless_chromium(compare_out):
             assert browser.evaluate("document.querySelectorAll('#results tbody tr').length") == rows
             assert browser.evaluate("document.querySelectorAll('svg').length") >= 1
             if rows:
-                assert "wins with" in browser.evaluate("document.querySelector('.winner').innerText")
+                sentence = json.loads((compare_out / "summary.json").read_text())["sentence"]
+                assert sentence[1:] in browser.evaluate("document.querySelector('.winner').innerText")
+                assert "nothing was selected on" in browser.evaluate("document.querySelector('#evidence').innerText")
             shot = browser.screenshot(ARTIFACTS / f"{'compare' if rows else 'run'}-report.png")
             assert browser.console_errors() == []
         assert shot.stat().st_size > 10_000

@@ -90,7 +90,7 @@ def test_runs_with_other_seeds_see_the_same_split_and_subsample(tmp_path, monkey
 
     make_folder(tmp_path / "data", n=10)  # no val/: split by fraction, then subsampled
     drawn = []
-    real_load_data = pipeline.load_data
+    real_load_data = pipeline.load_data  # (pipeline.train is api.train: the one place a run loads its data)
     monkeypatch.setattr(pipeline, "load_data", lambda *a, **kw: drawn.append(real_load_data(*a, **kw)) or drawn[-1])
     for seed in (0, 1):
         train(tmp_path / "data", one_step_config(seed=seed), tmp_path / f"run{seed}", per_class=4, val_fraction=0.3)
@@ -108,3 +108,76 @@ def test_a_group_that_unfreezes_mid_run_warms_up_again(image_folder, tmp_path):
     assert float(ramped[switch]["lr_stage5"]) == pytest.approx(0.01 * float(plain[switch]["lr_stage5"]))
     assert ramped[switch]["lr_head"] == plain[switch]["lr_head"]  # the head trained all along: no second warm-up
     assert float(ramped[switch + 1]["lr_stage5"]) == pytest.approx(float(plain[switch + 1]["lr_stage5"]))
+
+
+# ----------------------------------------------------------------------------------- imbalanced classes
+def test_the_best_epoch_follows_the_selection_metric():
+    """On imbalanced classes the best epoch is the one with the best val balanced accuracy, not accuracy."""
+    import torch
+
+    from headstart.train import LoopState
+
+    model = tiny_model()
+    rows = [{"epoch": 1, "val_accuracy": 0.90, "val_balanced_accuracy": 0.50},  # always the large class
+            {"epoch": 2, "val_accuracy": 0.85, "val_balanced_accuracy": 0.80}]
+    logits, labels = torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)
+    by_accuracy, by_balanced = LoopState(), LoopState(select_on="val_balanced_accuracy")
+    for row in rows:
+        by_accuracy.record(dict(row), model, logits, labels)
+        by_balanced.record(dict(row), model, logits, labels)
+    assert by_accuracy.best_epoch == 1 and by_balanced.best_epoch == 2
+    assert by_balanced.stale == 0 and by_accuracy.stale == 1
+
+
+def test_imbalance_is_countered_and_selected_on_balanced_accuracy(tmp_path, monkeypatch):
+    """12 red vs 3 blue training images (4:1): selection and the headline use balanced accuracy, and `auto`
+    trains with the measured counter-measure."""
+    import headstart.train as train_mod
+    from conftest import make_folder
+    from headstart.train import BALANCE_AUTO
+
+    data = tmp_path / "data"
+    make_folder(data / "train", classes=("red",), n=12, seed=1)
+    make_folder(data / "train", classes=("blue",), n=3, seed=2)
+    make_folder(data / "val", n=3, seed=3)
+    make_folder(data / "test", n=4, seed=4)
+    seen_weights, samplers = [], []
+    real, real_sampler = train_mod.train_one_epoch, train_mod.balanced_sampler
+    monkeypatch.setattr(train_mod, "train_one_epoch", lambda *a, **k: seen_weights.append(k["class_weights"]) or real(*a, **k))
+    monkeypatch.setattr(train_mod, "balanced_sampler", lambda *a: samplers.append(a[1]) or real_sampler(*a))
+    run = train(data, one_step_config(epochs=3, strategy="full"), tmp_path / "run")
+    assert run["selected_on"] == "val_balanced_accuracy" and run["test_metric"] == "balanced_accuracy"
+    assert run["balance"] == BALANCE_AUTO and run["class_counts"] == {"blue": 3, "red": 12}
+    history = [row for row in csv.DictReader(open(tmp_path / "run" / "history.csv"))]
+    balanced = [float(r["val_balanced_accuracy"]) for r in history]
+    assert run["best_epoch"] == balanced.index(max(balanced)) + 1
+    assert "imbalanced" in (tmp_path / "run" / "report.html").read_text()
+    if BALANCE_AUTO == "weighted":  # blue weighs 4x red in the loss: N / (K n_c) = 15/6 and 15/24
+        assert [w.tolist() for w in seen_weights] == [[2.5, 0.625]] * 3 and samplers == []
+    else:  # class-balanced batches drawn from the training counts, the loss unweighted
+        assert samplers == [[3, 12]] and seen_weights == [None] * 3
+    balanced_run = train(data, one_step_config(epochs=1, balance="none"), tmp_path / "none")
+    assert balanced_run["balance"] == "none" and balanced_run["selected_on"] == "val_balanced_accuracy"
+
+
+def test_balance_recipes():
+    import torch
+
+    from headstart.errors import HeadstartError
+    from headstart.train import balanced_sampler, class_weights, resolve_balance
+
+    weights = class_weights([80, 16, 0])
+    assert weights.tolist() == pytest.approx([96 / 160, 96 / 32, 0.0])  # N / (K n_c), K = classes present
+    assert (weights[:2] * torch.tensor([80, 16])).tolist() == pytest.approx([48, 48])  # each class weighs alike
+    labels = torch.tensor([0] * 80 + [1] * 16)
+    drawn = labels[list(balanced_sampler(labels, [80, 16], torch.Generator().manual_seed(0)))]
+    assert len(drawn) == 96 and 0.35 < drawn.float().mean().item() < 0.65  # about half blue, not a sixth
+    again = labels[list(balanced_sampler(labels, [80, 16], torch.Generator().manual_seed(0)))]
+    assert torch.equal(drawn, again)  # the run's generator: a seed repeats the draws
+    assert resolve_balance("auto", [10, 9]) == "none" and resolve_balance("auto", [10, 6]) != "none"
+    assert resolve_balance("sampler", [10, 10]) == "sampler"
+    assert resolve_balance("auto", [10, 2], world_size=2) == "weighted"  # several processes: the loss is weighed
+    with pytest.raises(HeadstartError, match="with --devices N use --balance weighted"):
+        resolve_balance("sampler", [10, 2], world_size=2)
+    with pytest.raises(HeadstartError, match="--balance must be one of"):
+        resolve_balance("oversample", [10, 2])

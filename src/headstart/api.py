@@ -19,12 +19,12 @@ from headstart.analysis.recommend import Recommendation, measure_and_decide, ver
 from headstart.backbones import count_params, load_backbone
 from headstart.compare import compare
 from headstart.console import info, warn, warn_skipped
-from headstart.data import load_class_folders
+from headstart.data import ImageSet, load_class_folders
 from headstart.errors import HeadstartError
 from headstart.evaluate import classification_metrics, evaluate_imagenet, evaluate_model, predict_files
 from headstart.export import export_run
 from headstart.pipeline import train
-from headstart.runs import is_run_dir, load_run, winner_run_dir
+from headstart.runs import is_run_dir, load_run, read_seen_images, winner_run_dir
 from headstart.strategies import describe_strategy
 from headstart.train import TrainConfig, resolve_strategy
 
@@ -32,14 +32,19 @@ __all__ = ["TrainConfig", "check_data", "compare", "evaluate", "export", "inspec
            "recommend", "train"]
 
 
-def evaluate(model_or_run: str | Path, data: str | Path, **kwargs) -> dict:
-    """A run directory (or a comparison: its winner's best run): metrics of the fine-tuned model on `data` (its
-    val/ split, or class folders). A model name: its own ImageNet head's top-1/top-5 on ImageNet synset folders."""
+def evaluate(model_or_run: str | Path, data: str | Path, *, allow_seen: bool = False, **kwargs) -> dict:
+    """A run directory (or a comparison: its chosen run): metrics of the fine-tuned model on `data` (its test/
+    split, else its val/ split, else the class folders). A model name: its own ImageNet head's top-1/top-5 on
+    ImageNet synset folders.
+
+    A run never scores its own training images silently: their content hashes are compared with the ones the run
+    recorded (seen_images.json), and training images are refused unless `allow_seen` (the figure would measure
+    memory, not generalisation). Images the run selected its best epoch on (its val images) are scored with a
+    warning, and the result says how many there were (`seen`)."""
     model_or_run = _run_or_winner(model_or_run)
     if is_run_dir(model_or_run):
         model, config = load_run(model_or_run)
-        folder = Path(data)
-        folder = folder / "val" if (folder / "val").is_dir() else folder
+        folder = evaluation_folder(Path(data))
         images, skipped = load_class_folders(folder)
         warn_skipped(skipped, "non-image files")
         unknown = [c for c in images.classes if c not in config["classes"]]
@@ -47,12 +52,51 @@ def evaluate(model_or_run: str | Path, data: str | Path, **kwargs) -> dict:
             raise HeadstartError(f"{folder} has classes the run was not trained on: {', '.join(unknown)}")
         remap = [config["classes"].index(c) for c in images.classes]
         images = replace(images, classes=config["classes"], labels=[remap[y] for y in images.labels])
+        seen = seen_images(Path(model_or_run), images, folder, allow_seen)
         logits, labels, _ = evaluate_model(model, images, **kwargs)
-        return classification_metrics(logits, labels, config["classes"])
+        return {**classification_metrics(logits, labels, config["classes"]), "images": str(folder), **seen}
     model = load_backbone(str(model_or_run))
     if not model.pretrained:
         warn("evaluating random weights: expect chance accuracy")
     return evaluate_imagenet(model, data, **kwargs)
+
+
+def evaluation_folder(data: Path) -> Path:
+    """The images `evaluate` scores: a test/ split if `data` has one, else its val/ split, else `data` itself."""
+    for split in ("test", "val"):
+        if (data / split).is_dir():
+            return data / split
+    return data
+
+
+def seen_images(run_dir: Path, images: ImageSet, folder: Path, allow_seen: bool) -> dict:
+    """How many of `images` the run trained on and selected on, by content (the recorded hashes); refuses
+    training images unless `allow_seen`, warns about selection (val) images."""
+    recorded = read_seen_images(run_dir)
+    if recorded is None:
+        note = (f"{run_dir} predates the record of its training images: whether {folder} holds some of them "
+                "cannot be checked")
+        warn(note)
+        return {"seen": None, "seen_note": note}
+    hashes = images.fingerprints()
+    trained = sum(h in recorded["train"] for h in hashes)
+    selected = sum(h in recorded["val"] and h not in recorded["train"] for h in hashes)
+    n = len(hashes)
+    if trained and not allow_seen:
+        raise HeadstartError(f"{trained} of {n} images in {folder} are images this run trained on: their accuracy "
+                             "measures memory, not new images; evaluate on images it never saw (a test/ folder), or "
+                             "pass --allow-seen to score them anyway")
+    notes = []
+    if trained:
+        notes.append(f"{trained} of {n} images are training images of this run (scored because allow_seen): "
+                     "the figure is optimistic")
+    if selected:
+        notes.append(f"{selected} of {n} images are this run's val images, on which its best epoch was chosen: "
+                     "the figure is optimistic")
+    for note in notes:
+        warn(note)
+    return {"seen": {"train": trained, "val": selected, "unseen": n - trained - selected},
+            "seen_note": "; ".join(notes) or f"none of the {n} images was used to train or select this run"}
 
 
 def predict(run_dir: str | Path, paths: list[str | Path], top_k: int = 1) -> list[dict]:

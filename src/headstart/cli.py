@@ -20,7 +20,12 @@ from headstart.errors import HeadstartError
 app = typer.Typer(help="Fine-tune pretrained image models on small datasets, and see which way works.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
-DATA_HELP = "Folder with train/ and val/ class folders, a folder of class folders, a CSV (path,label) or 'fashion-mnist'."
+DATA_HELP = ("Folder with train/ and val/ (and test/) class folders, a folder of class folders, a CSV (path,label[,split]) "
+             "or 'fashion-mnist'.")
+TEST_FRACTION_HELP = "Hold out this share of unsplit data (stratified, --data-seed) as test images: the reported figures."
+VAL_AS_TEST_HELP = "The data's val/ split becomes the test set (reported on, never selected on); val is carved from train."
+BALANCE_HELP = ("Imbalanced training classes: weighted (class-weighted loss), sampler (class-balanced batches), none; "
+                "auto: the measured better one when the classes are imbalanced, none otherwise.")
 
 
 def friendly_errors(fn):
@@ -77,6 +82,10 @@ def train(
     val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
     classes: str = typer.Option(None, help="Comma-separated subset of classes."),
     per_class: int = typer.Option(None, help="Subsample training data to N images per class."),
+    val_per_class: int = typer.Option(None, help="Validate on at most N images per class (drawn with --data-seed)."),
+    test_fraction: float = typer.Option(0.0, help=TEST_FRACTION_HELP),
+    val_as_test: bool = typer.Option(False, "--val-as-test", help=VAL_AS_TEST_HELP),
+    balance: str = typer.Option("auto", help=BALANCE_HELP),
     data_seed: int = typer.Option(0, help="Seed of the split and the subsample: fixed, so runs with other --seed "
                                           "values see the same images."),
     cache_dir: Path = typer.Option(None, help="Cache folder (default $HEADSTART_CACHE or ~/.cache/headstart)."),
@@ -105,9 +114,10 @@ def train(
                       patience=patience or None, seed=seed, image_size=image_size,
                       weights=str(weights) if weights else None, cache_dir=str(cache_dir) if cache_dir else None,
                       use_cache=not no_cache, device=device, devices=devices, l2sp=l2sp, monitor_folder=monitor_folder,
-                      freeze_bn=freeze_bn, resume=resume, keep_checkpoints=keep_checkpoints)
+                      freeze_bn=freeze_bn, resume=resume, keep_checkpoints=keep_checkpoints, balance=balance)
     run = train_run(data, cfg, out, val_fraction=val_fraction, classes=split_list(classes), per_class=per_class,
-                    data_seed=data_seed, command=shlex.join(["headstart", *sys.argv[1:]]))
+                    data_seed=data_seed, test_fraction=test_fraction, val_as_test=val_as_test,
+                    val_per_class=val_per_class, command=shlex.join(["headstart", *sys.argv[1:]]))
     if as_json and run is not None:  # (None in the extra processes of --devices N: the first one reports)
         print_json(run)
 
@@ -134,9 +144,15 @@ def compare(
     batch_size: int = typer.Option(32),
     image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
     per_class: int = typer.Option(None, help="Subsample training data to N images per class (one draw for all runs)."),
-    val_per_class: int = typer.Option(None, help="Validate on the first N images of each class only."),
+    val_per_class: int = typer.Option(None, help="Validate on at most N images per class (drawn with --data-seed): "
+                                                 "a cheaper selection, the test figures untouched."),
     classes: str = typer.Option(None, help="Comma-separated subset of classes."),
     val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
+    test_fraction: float = typer.Option(0.0, help=TEST_FRACTION_HELP),
+    val_as_test: bool = typer.Option(False, "--val-as-test", help=VAL_AS_TEST_HELP),
+    folds: int = typer.Option(None, help="K-fold cross-validation: every image is a test image once; each fold selects "
+                                         "on its own val; the figures pool the out-of-fold predictions."),
+    balance: str = typer.Option("auto", help=BALANCE_HELP),
     data_seed: int = typer.Option(0, help="Seed of the split and the subsample (fixed across runs)."),
     cache_dir: Path = typer.Option(None, help="Cache folder (default $HEADSTART_CACHE or ~/.cache/headstart)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -144,7 +160,8 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep every run's resume point."),
 ):
-    """Train several strategies × seeds under identical conditions; write summary.json and report.html.
+    """Train several strategies × seeds under identical conditions; judge them on test images nothing was selected
+    on (a test split, --val-as-test, --test-fraction or --folds); write summary.json and report.html.
 
     Finished runs are kept: after Ctrl-C, the same command finishes only the missing runs."""
     from headstart.api import TrainConfig, compare as compare_api
@@ -155,10 +172,11 @@ def compare(
         raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     cfg = TrainConfig(model=model, epochs=epochs, augment=augment, views=views, patience=patience or None, freeze_bn=freeze_bn,
                       batch_size=batch_size, image_size=image_size, cache_dir=str(cache_dir) if cache_dir else None,
-                      device=device, devices=devices, keep_checkpoints=keep_checkpoints)
+                      device=device, devices=devices, keep_checkpoints=keep_checkpoints, balance=balance)
     summary = compare_api(data, split_list(strategies) or [], seed_list, out, cfg, per_class=per_class,
                           val_per_class=val_per_class, classes=split_list(classes), val_fraction=val_fraction,
-                          data_seed=data_seed, command=shlex.join(["headstart", *sys.argv[1:]]))
+                          data_seed=data_seed, test_fraction=test_fraction, val_as_test=val_as_test, folds=folds,
+                          command=shlex.join(["headstart", *sys.argv[1:]]))
     if summary is None:  # an extra process of --devices N: the first one reports
         return
     if as_json:
@@ -166,16 +184,22 @@ def compare(
         return
     from rich.table import Table
 
-    from headstart.report.markdown import findings, results_rows
+    from headstart.report.markdown import badge, evidence, findings, results_rows
 
+    metric = summary["metric"].replace("_", " ")
     table = Table(title=findings(summary)[0], title_justify="left")
-    for col in ("strategy", "val accuracy", "train", "gap", "trainable", "seconds"):
+    for col in ("strategy", f"test {metric} (95% interval)", "per seed", "val acc (selected on)", "train", "gap",
+                "trainable", "seconds"):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for r in results_rows(summary):
-        table.add_row(f"[bold]{r['strategy']}[/]" if r["winner"] else r["strategy"],
-                      f"{r['val']:.3f} ± {r['val_std']:.3f}", f"{r['train']:.3f}", f"{r['gap']:+.3f}",
-                      f"{r['params']:,.0f}", f"{r['seconds']:.0f}")
+        mark = badge(r)
+        table.add_row(f"[bold]{r['strategy']}[/] ({mark})" if mark in ("winner", "recommended") else
+                      f"{r['strategy']}{f' ({mark})' if mark else ''}",
+                      f"{r['test']:.3f} ({r['low']:.3f}-{r['high']:.3f})", " ".join(f"{v:.3f}" for v in r["per_seed"]),
+                      f"{r['val_best']:.3f}", f"{r['train']:.3f}", f"{r['gap']:+.3f}", f"{r['params']:,.0f}",
+                      f"{r['seconds']:.0f}")
     console.print(table)
+    console.print(f"[dim]{evidence(summary)}[/]")
     for line in findings(summary)[1:]:
         console.print(line)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]  (also report.md, summary.json)")
@@ -189,11 +213,14 @@ def evaluate(
     data: Path = typer.Argument(..., help="Class folders (a run) or ImageNet synset folders (a model name)."),
     as_json: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, help="Where to write confusion.png (runs only; default: the run directory)."),
+    allow_seen: bool = typer.Option(False, "--allow-seen", help="Score images the run trained on too (refused by "
+                                    "default: their accuracy measures memory, not new images)."),
 ):
-    """Accuracy of a fine-tuned run on labelled data, or of a pretrained model on ImageNet folders."""
+    """Accuracy of a fine-tuned run on labelled data (its test/, else val/, else the folder), or of a pretrained
+    model on ImageNet folders. A run's own training images are refused unless --allow-seen."""
     from headstart.api import evaluate as evaluate_api
 
-    result = evaluate_api(model_or_run, data)
+    result = evaluate_api(model_or_run, data, allow_seen=allow_seen)
     if "confusion_matrix" in result:  # a fine-tuned run (or a comparison's winner), not an ImageNet check
         from headstart.report.plots import plot_confusion
 
@@ -209,12 +236,14 @@ def evaluate(
         return
     from rich.table import Table
 
-    table = Table(title=f"accuracy {result['accuracy']:.4f} · balanced {result['balanced_accuracy']:.4f} · n={result['n']}")
+    table = Table(title=f"accuracy {result['accuracy']:.4f} · balanced {result['balanced_accuracy']:.4f} · n={result['n']} "
+                        f"· {result['images']}")
     for col in ("class", "precision", "recall", "support"):
         table.add_column(col)
     for name, m in result["per_class"].items():
         table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", str(m["support"]))
     console.print(table)
+    console.print(f"[dim]{result['seen_note']}[/]")
     console.print(f"confusion matrix: {result['confusion_png']}")
 
 
@@ -442,7 +471,7 @@ def recommend(
     if rec.verify:
         v = rec.verify
         for name, r in v["results"].items():
-            console.print(f"  verify {name}: best val accuracy {r['best_val_accuracy']:.3f} in {r['epochs']} epochs "
+            console.print(f"  verify {name}: best val accuracy {r['val_accuracy_best']:.3f} in {r['epochs']} epochs "
                           f"({r['train_seconds']:.0f}s)")
         console.print(("[green]the pick held[/]" if v["held"] else "[yellow]the pick did not hold[/]")
                       + f": best was {v['best']} (pick {v['gap'] * 100:.1f} points behind)" if v["gap"] > 0 else

@@ -1,9 +1,18 @@
-"""The controlled experiment: several strategies × seeds on the same data, then summary.json and the reports.
+"""The controlled experiment: several strategies × seeds on the same data, judged on test images nothing was
+selected on, with intervals and a verdict.
 
-    load_data once (one split, one subsample: every run sees the same images)
-      -> for seed, strategy: pipeline.train(...) into out/runs/<strategy>-seed<seed>  (finished runs are skipped)
-      -> summarize(out): per-strategy mean/std over seeds, read back from the run directories
-      -> report.html + report.md
+    load_data once (one split, one subsample: every run sees the same images) -- or kfold_splits (K folds)
+      -> for seed, fold, strategy: pipeline.train(...) into out/runs/<strategy>-seed<seed>
+         (or <strategy>-fold<k>-seed<seed>); finished runs whose images match are skipped
+      -> summarize(out): per strategy the test metric with its 95% interval (stats.metric_interval), the
+         verdict (stats.verdict: a winner only when it beats every other; otherwise the tied set, and the
+         cheapest of it recommended), the selection figures kept apart -> summary.json, report.html, report.md
+
+Three roles: each run trains on train and selects its best epoch on val; the test images are scored once per
+run and only they are reported. A comparison without test images would report the best of several epochs on
+the very images that chose them, so `compare` refuses to run without a test split or folds. With `folds=K`
+every labelled image is a test image once: each fold trains and selects inside the other K − 1 parts, and the
+reported figure pools the out-of-fold predictions (every image predicted by a model that never saw it).
 
 Everything but the starting point and what is frozen is held fixed: architecture, data, split, image size,
 the epoch budget (`headstart compare` turns early stopping off; from Python pass `TrainConfig(patience=None)`)
@@ -18,20 +27,25 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from headstart import engine
-from headstart.pipeline import train as train_run
 from headstart.report.html import write_compare_report
 from headstart.report.markdown import write_compare_markdown
 from headstart.console import info
-from headstart.data import DataSplits, ImageSet, load_data
+from headstart.data import DataSplits, kfold_splits, load_data, role_fingerprints
 from headstart.errors import HeadstartError
+from headstart.evaluate import classification_metrics
+from headstart.pipeline import train as train_run
 from headstart.runs import (
-    CONFIG_FILE, HISTORY_FILE, RUN_FILE, SUMMARY_FILE, read_history, read_run, run_dir, write_json,
+    CONFIG_FILE, HISTORY_FILE, RUN_FILE, SUMMARY_FILE, cell_dir, read_history, read_run, read_test_predictions,
+    write_json,
 )
+from headstart.stats import Cost, RunPredictions, choose_metric, verdict
 from headstart.strategies import Strategy, parse_label, strategy_for_label, what_trains
 from headstart.train import TrainConfig, default_views, resolve_strategy
 
@@ -39,7 +53,9 @@ DEFAULT_AUGMENT = "light"
 # Settings that change what a run computes: a finished run is reused only when all of them match.
 _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "lr_decay", "train_last", "optimizer",
                  "weight_decay", "label_smoothing", "warmup_epochs", "augment", "views", "freeze_bn", "patience", "seed",
-                 "image_size", "weights")
+                 "image_size", "weights", "balance")
+NO_TEST = ("compare reports test figures, and {source} has no test split: use --val-as-test (its val/ becomes "
+           "test), --test-fraction F (hold out a share) or --folds K (cross-validation)")
 
 
 def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: str) -> TrainConfig:
@@ -54,9 +70,12 @@ def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: s
 
 def data_identity(splits: DataSplits, per_class: int | None, data_seed: int) -> dict:
     """What makes two runs' data the same: where it came from, which classes, which subsample and split, how many
-    val images. `pipeline.train` records the same keys in config.json."""
+    val and test images, and above all the content of every role (`data.role_fingerprints`: the same counts with
+    another image in them is other data). `pipeline.train` records the same keys in config.json."""
     return {"data": _resolved(splits.source), "classes": list(splits.classes), "per_class": per_class,
-            "data_seed": data_seed, "val_files": len(splits.val)}
+            "data_seed": data_seed, "val_files": len(splits.val),
+            "test_files": len(splits.test) if splits.test is not None else 0,
+            "fingerprints": role_fingerprints(splits)}
 
 
 def _resolved(source: str) -> str:
@@ -75,35 +94,33 @@ def is_finished(directory: Path, cfg: TrainConfig, data: dict | None = None) -> 
         return False
     config = json.loads((directory / CONFIG_FILE).read_text())
     done, wanted = config["train"], cfg.to_dict()
-    differ = {k: (done.get(k), wanted.get(k)) for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)}
+    differ = [f"{k}: {done.get(k)} vs {wanted.get(k)}" for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)]
     recorded = {**config, "data": _resolved(config.get("data", ""))}
-    differ.update({k: (recorded.get(k), v) for k, v in (data or {}).items()
-                   if k in config and recorded.get(k) != v})  # (runs older than a key are not held to it)
+    data = dict(data or {})
+    fingerprints = data.pop("fingerprints", None)
+    differ += [f"{k}: {recorded.get(k)} vs {v}" for k, v in data.items()
+               if k in config and recorded.get(k) != v]  # (runs older than a descriptive key are not held to it)
+    if fingerprints is not None:  # ... but to the content, always: a run that cannot show it is not reused
+        then = config.get("fingerprints")
+        if then is None:
+            differ.append("images: the run predates content fingerprints")
+        elif then != fingerprints:
+            roles = [r for r in ("train", "val", "test") if then.get(r) != fingerprints.get(r)]
+            differ.append(f"images: other {', '.join(roles)} images (same settings, different content)")
     # the strategy as it was resolved then: a default changed in the code since makes it another experiment
     spec = json.loads(json.dumps(resolve_strategy(cfg).to_dict()))
     if "strategy" in config and config["strategy"] != spec:
-        differ["strategy spec"] = _spec_diff(config["strategy"], spec)
+        old, new = _spec_diff(config["strategy"], spec)
+        differ.append(f"strategy spec: {old} vs {new}")
     if differ:
-        raise HeadstartError(
-            f"{directory} holds a run with other settings ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in differ.items())}); "
-            "use another --out, or delete that folder to redo it")
+        raise HeadstartError(f"{directory} holds a run with other settings ({'; '.join(differ)}); "
+                             "use another --out, or delete that folder to redo it")
     return True
 
 
 def _spec_diff(old: dict, new: dict) -> tuple[dict, dict]:
     keys = [k for k in new if old.get(k) != new.get(k)]
     return {k: old.get(k) for k in keys}, {k: new[k] for k in keys}
-
-
-def first_per_class(images: ImageSet, n: int) -> ImageSet:
-    """The first `n` images of every class, in file order (a fixed, smaller validation set)."""
-    seen: dict[int, int] = defaultdict(int)
-    keep = []
-    for i, y in enumerate(images.labels):
-        if seen[y] < n:
-            keep.append(i)
-            seen[y] += 1
-    return images.subset(keep)
 
 
 def compare(
@@ -118,11 +135,19 @@ def compare(
     classes: list[str] | None = None,
     val_fraction: float = 0.2,
     data_seed: int = 0,
+    test_fraction: float = 0.0,
+    val_as_test: bool = False,
+    folds: int | None = None,
     command: str | None = None,
     report: bool = True,
 ) -> dict | None:
-    """Train every strategy × seed into `out/runs/`, skipping finished runs; write summary.json and the
+    """Train every strategy × seed (× fold) into `out/runs/`, skipping finished runs; write summary.json and the
     reports; return the summary. Ctrl-C stops after the current run's checkpoint: run it again to finish.
+
+    The test images come from the data (a test/ folder, a CSV's test rows, Fashion-MNIST's t10k), from
+    `val_as_test` (its val/ becomes test), from `test_fraction` (held out of unsplit data) or from `folds`
+    (K-fold cross-validation); without any of them compare refuses, before training anything.
+    `val_per_class` caps val (data.subsample_per_class, with `data_seed`).
     With `base.devices` > 1 every run is data-parallel (see `pipeline.train`); the extra processes return None."""
     if not strategies or not seeds:
         raise HeadstartError("give at least one strategy and one seed")
@@ -130,30 +155,34 @@ def compare(
         raise HeadstartError("strategies and seeds must not repeat")
     specs = [strategy_for_label(label) for label in strategies]  # unknown names fail here, before any training
     base = base or TrainConfig(patience=None)
-    # with --devices N the other processes start here, before anything is read, so all of them see the same
-    # finished runs when they decide what is left to do
-    first = engine.start(base.device, base.devices).is_global_zero
     epochs = base.epochs or max(spec.epochs for spec in specs)
     augment = base.augment or DEFAULT_AUGMENT
+    fold_splits = experiment_splits(data, folds, val_fraction=val_fraction, data_seed=data_seed, classes=classes,
+                                    per_class=per_class, val_per_class=val_per_class, test_fraction=test_fraction,
+                                    val_as_test=val_as_test)
+    # with --devices N the other processes start here, before any run directory is read, so all of them see the
+    # same finished runs when they decide what is left to do
+    first = engine.start(base.device, base.devices).is_global_zero
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    splits = data if isinstance(data, DataSplits) else load_data(
-        data, val_fraction=val_fraction, seed=data_seed, classes=classes, per_class=per_class)
-    if val_per_class:
-        splits = replace(splits, val=first_per_class(splits.val, val_per_class))
-
-    cells = [(s, seed) for seed in seeds for s in strategies]  # seed-major: each finished seed is a full comparison
-    data = data_identity(splits, per_class, data_seed)
-    todo = [(s, seed) for s, seed in cells
-            if not is_finished(run_dir(out, s, seed), run_config(base, s, seed, epochs, augment), data)]
-    info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds = {len(cells)} runs, "
-         f"{len(cells) - len(todo)} already finished · {epochs} epochs · augment {augment} · "
-         f"{len(splits.train)} train / {len(splits.val)} val images")
-    for i, (strategy, seed) in enumerate(todo, 1):
-        info(f"[bold]run {i}/{len(todo)}: {strategy}, seed {seed}[/]")
+    fold_ids = list(range(1, folds + 1)) if folds else [None]
+    identities = {k: data_identity(fold_splits[i], per_class, data_seed) for i, k in enumerate(fold_ids)}
+    # seed-major: each finished seed is a full comparison
+    cells = [(s, seed, k) for seed in seeds for k in fold_ids for s in strategies]
+    todo = [(s, seed, k) for s, seed, k in cells
+            if not is_finished(cell_dir(out, s, seed, k), run_config(base, s, seed, epochs, augment), identities[k])]
+    splits = fold_splits[0]
+    folds_note = f" × {folds} folds" if folds else ""
+    sizes = (f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images" if not folds else
+             f"{sum(len(f.test) for f in fold_splits)} images, each tested once per seed")
+    info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds{folds_note} = {len(cells)} runs, "
+         f"{len(cells) - len(todo)} already finished · {epochs} epochs · augment {augment} · {sizes}")
+    for i, (strategy, seed, k) in enumerate(todo, 1):
+        info(f"[bold]run {i}/{len(todo)}: {strategy}, seed {seed}{f', fold {k}' if k else ''}[/]")
         cfg = run_config(base, strategy, seed, epochs, augment)
-        run = train_run(splits, cfg, run_dir(out, strategy, seed), per_class=per_class, command=command)
+        run = train_run(fold_splits[fold_ids.index(k)], cfg, cell_dir(out, strategy, seed, k), per_class=per_class,
+                        data_seed=data_seed, command=command)
         if run is None:  # an extra process: the first one writes the run
             continue
         if run.get("interrupted"):
@@ -161,9 +190,12 @@ def compare(
             raise KeyboardInterrupt
     if not first:
         return None
-    summary = summarize(out, strategies, seeds)
+    summary = summarize(out, strategies, seeds, folds=folds, num_classes=len(splits.classes))
     summary["setup"] = {"data": splits.source, "classes": splits.classes, "n_train": len(splits.train),
-                        "n_val": len(splits.val), "per_class": per_class, "val_per_class": val_per_class,
+                        "n_val": len(splits.val), "n_test": summary["n_test"], "per_class": per_class,
+                        "val_per_class": val_per_class, "test_fraction": test_fraction, "val_as_test": val_as_test,
+                        "folds": folds, "roles": splits.roles if not folds else _folds_roles(splits.roles, folds),
+                        "evidence": evidence_note(fold_splits, folds, summary["n_test"], summary["selected_on"]),
                         "data_seed": data_seed, "model": base.model, "image_size": summary.pop("image_size"),
                         "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": list(strategies),
                         "command": command, "environment": summary.pop("environment")}
@@ -175,15 +207,67 @@ def compare(
     return summary
 
 
-def run_stats(directory: Path) -> dict:
-    """One run's numbers, from its history.csv (accuracies) and run.json (time, parameter counts)."""
+def experiment_splits(data: str | Path | DataSplits, folds: int | None, *, val_fraction: float, data_seed: int,
+                      classes: list[str] | None, per_class: int | None, val_per_class: int | None,
+                      test_fraction: float, val_as_test: bool) -> list[DataSplits]:
+    """The data of every cell: one split with a test role, or the K folds of a cross-validation. Refuses (one
+    line, with the way out) data that would leave nothing to report on."""
+    if folds is not None:
+        if test_fraction or val_as_test:
+            raise HeadstartError("--folds makes every image a test image once: drop --test-fraction and --val-as-test")
+        if isinstance(data, DataSplits):
+            raise HeadstartError("folds need the data source (a folder, CSV or name), not DataSplits")
+        return kfold_splits(data, folds, seed=data_seed, val_fraction=val_fraction, classes=classes,
+                            per_class=per_class, val_per_class=val_per_class)
+    splits = data if isinstance(data, DataSplits) else load_data(
+        data, val_fraction=val_fraction, seed=data_seed, classes=classes, per_class=per_class,
+        test_fraction=test_fraction, val_as_test=val_as_test, val_per_class=val_per_class)
+    if splits.test is None:
+        raise HeadstartError(NO_TEST.format(source=splits.source))
+    return [splits]
+
+
+def _folds_roles(roles: str, folds: int) -> str:
+    return f"{folds}-fold cross-validation; fold 1: {roles}"
+
+
+def evidence_note(fold_splits: list[DataSplits], folds: int | None, n_test: int, selected_on: str) -> str:
+    """What was selected on what, in one line (the reports print it in small type)."""
+    metric = selected_on.replace("_", " ")
+    if folds:
+        n_val = statistics.fmean(len(f.val) for f in fold_splits)
+        return (f"{folds}-fold cross-validation: in each fold the best epoch was chosen by {metric} on that fold's "
+                f"own ~{n_val:,.0f} val images; figures pool the out-of-fold predictions of all {n_test:,} "
+                "images, each predicted by models that never saw it")
+    splits = fold_splits[0]
+    per_class = _per_class_phrase(splits.val)
+    return (f"best epoch chosen by {metric} on {len(splits.val):,} val images{per_class}; figures on {n_test:,} "
+            "test images nothing was selected on")
+
+
+def _per_class_phrase(images) -> str:
+    counts = [n for n in images.counts().values() if n > 0]
+    if not counts:
+        return ""
+    return f" ({counts[0]:,}/class)" if min(counts) == max(counts) else f" ({min(counts):,}-{max(counts):,}/class)"
+
+
+def run_stats(out: Path, directory: Path) -> dict:
+    """One run's numbers, from its history.csv, run.json and test_predictions.csv."""
     history = read_history(directory / HISTORY_FILE)
     run = read_run(directory)
-    last = history[-1]
+    last, best = history[-1], history[run["best_epoch"] - 1]
+    selected_on = run.get("selected_on", "val_accuracy")
     return {
         "seed": run["seed"],
-        "val_accuracy": max(r["val_accuracy"] for r in history),  # best epoch: its weights are the ones kept
-        "best_epoch": max(history, key=lambda r: r["val_accuracy"])["epoch"],
+        "run_dir": directory.relative_to(out).as_posix(),
+        "val_accuracy_best": best["val_accuracy"],  # the selection figure: the best epoch's, on the images that chose it
+        "selected_on": selected_on,
+        "selection_score": best.get(selected_on, best["val_accuracy"]),
+        "best_epoch": run["best_epoch"],
+        "test_accuracy": run.get("test_accuracy"),
+        "test_balanced_accuracy": run.get("test_balanced_accuracy"),
+        "test_metric": run.get("test_metric"),
         "final_train_accuracy": last["train_accuracy"],
         "final_val_accuracy": last["val_accuracy"],
         "gap": last["train_accuracy"] - last["val_accuracy"],  # overfitting: train − val at the same (last) epoch
@@ -203,31 +287,63 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(out: str | Path, strategies: list[str], seeds: list[int]) -> dict:
-    """Per strategy, mean and std over seeds of every number in `run_stats`; the winner and its margin."""
+def predictions(directory: Path, strategy: str, seed: int, fold: int | None) -> RunPredictions:
+    found = read_test_predictions(directory)
+    if found is None:
+        raise HeadstartError(f"{directory} has no test predictions (a run from before test figures): delete it and "
+                             "run the comparison again")
+    ids, y_true, y_pred = found
+    return RunPredictions(strategy, fold if fold is not None else seed, np.array(y_true), np.array(y_pred), ids,
+                          repeat=seed)
+
+
+def score(runs: list[RunPredictions], metric: str, classes: int) -> float:
+    """The metric of `runs`' predictions pooled (one seed's folds, or one run), by evaluate's one recipe."""
+    y_true = torch.as_tensor(np.concatenate([r.y_true for r in runs]))
+    y_pred = torch.as_tensor(np.concatenate([r.y_pred for r in runs]))
+    logits = torch.nn.functional.one_hot(y_pred, classes).float()
+    return classification_metrics(logits, y_true, [str(c) for c in range(classes)])[metric]
+
+
+def summarize(out: str | Path, strategies: list[str], seeds: list[int], folds: int | None = None,
+              num_classes: int | None = None) -> dict:
+    """Per strategy: the test metric (mean over seeds, folds pooled) with its 95% interval, per seed; the
+    selection figures (val) kept apart; train accuracy, gap, seconds, parameters. Then the verdict."""
     out = Path(out)
+    fold_ids = list(range(1, folds + 1)) if folds else [None]
     table: dict[str, dict] = {}
+    runs_of: dict[str, list[RunPredictions]] = {}
     image_size = environment = None
     for name in strategies:
-        runs = [run_stats(run_dir(out, name, seed)) for seed in seeds]
-        spec = read_strategy(run_dir(out, name, seeds[0]))
+        cells = [(seed, k, cell_dir(out, name, seed, k)) for seed in seeds for k in fold_ids]
+        runs = [{**run_stats(out, d), "fold": k} for _, k, d in cells]
+        runs_of[name] = [predictions(d, name, seed, k) for seed, k, d in cells]
+        spec = read_strategy(cells[0][2])
         row: dict = {"description": spec.description, "trains": what_trains(spec), "pretrained": spec.pretrained,
-                     "n_seeds": len(runs)}
-        for key in ("val_accuracy", "final_train_accuracy", "gap", "wall_seconds", "trainable_params"):
+                     "n_seeds": len(seeds), "n_folds": folds, "n_runs": len(runs)}
+        for key in ("val_accuracy_best", "selection_score", "final_train_accuracy", "gap", "wall_seconds",
+                    "trainable_params"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in runs])
         row["runs"] = runs
         table[name] = row
-        first = read_run(run_dir(out, name, seeds[0]))
+        first = read_run(cells[0][2])
         image_size, environment = first["image_size"], first["environment"]
-    ranked = sorted(table, key=lambda s: table[s]["val_accuracy_mean"], reverse=True)
-    winner = ranked[0]
-    summary = {"winner": winner, "strategies": table, "ranking": ranked,
-               "image_size": image_size, "environment": environment}
-    if len(ranked) > 1:
-        runner_up = ranked[1]
-        summary["runner_up"] = runner_up
-        summary["margin"] = table[winner]["val_accuracy_mean"] - table[runner_up]["val_accuracy_mean"]
-        # Is the lead bigger than the seed-to-seed spread? With one seed there is no spread to judge by.
-        spread = max(table[winner]["val_accuracy_std"], table[runner_up]["val_accuracy_std"])
-        summary["margin_exceeds_spread"] = summary["margin"] > spread if len(seeds) > 1 else None
-    return summary
+    everything = [r for group in runs_of.values() for r in group]
+    classes = num_classes or int(max(max(r.y_true.max(), r.y_pred.max()) for r in everything)) + 1
+    pooled = np.concatenate([r.y_true for r in runs_of[strategies[0]] if r.repeat == seeds[0]])
+    recorded = {r["test_metric"] for row in table.values() for r in row["runs"]}
+    metric = "balanced_accuracy" if "balanced_accuracy" in recorded else choose_metric(pooled)
+    costs = {name: Cost(seconds=table[name]["wall_seconds_mean"], trainable_params=int(table[name]["trainable_params_mean"]))
+             for name in strategies}
+    judged = verdict(everything, costs, metric=metric, num_classes=classes)
+    for name in strategies:
+        table[name]["test"] = asdict(judged.intervals[name])
+        table[name]["test_per_seed"] = [score([r for r in runs_of[name] if r.repeat == seed], metric, classes)
+                                        for seed in seeds]
+    ranked = sorted(strategies, key=lambda s: judged.intervals[s].estimate, reverse=True)
+    selected = {r["selected_on"] for row in table.values() for r in row["runs"]}
+    return {"metric": metric, "chance": judged.chance, "winner": judged.winner, "recommended": judged.recommended,
+            "best": judged.best, "tied": judged.tied, "sentence": judged.sentence, "verdict": asdict(judged),
+            "strategies": table, "ranking": ranked, "n_test": len(pooled),
+            "selected_on": "val_balanced_accuracy" if "val_balanced_accuracy" in selected else "val_accuracy",
+            "image_size": image_size, "environment": environment}

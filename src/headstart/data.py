@@ -612,3 +612,17 @@ def imagenet_images(folder: Path) -> ImageSet:
     if unknown:
         raise HeadstartError(f"{folder}: folders must be ImageNet synsets (like n01440764); found {unknown[0]}")
     return ImageSet(synsets, found.refs, [index[found.classes[y]] for y in found.labels])
+
+
+def image_id(ref: str, source: str) -> str:
+    """A test image's name in records: its path relative to the data source (the folder, or a CSV's folder), so
+    the same images get the same ids wherever the data lies; a built-in ref (`name:split:index`) as it is."""
+    path = Path(ref)
+    if not path.is_absolute() and not path.exists():
+        return ref
+    base = Path(source)
+    base = base.parent if base.is_file() else base
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()

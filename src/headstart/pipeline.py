@@ -3,6 +3,12 @@
     data.load_data -> analysis.check.preflight -> cache.decode_images -> backbones.load_backbone + reset_head
         -> train.fit (analysis.drift's forgetting monitor beside it) -> evaluate -> runs (+ report)
 
+Three roles, three jobs: `fit` trains on train and selects on val (the best epoch, early stopping, the LP-FT
+switch); the best weights then score the test split once, and only that is a reported figure (run.json
+`test_accuracy`, `test_balanced_accuracy`, `test_metrics`, per image in test_predictions.csv). The selection
+figure is kept apart as `val_accuracy_best`: the best of several epochs on val is optimistic by construction.
+A run without a test split trains all the same and says that it has no test figure, and how to get one.
+
 `compare` runs this once per cell of its experiment; `api.train` is this function. It is the only place that
 composes a run, so the CLI, the notebooks, `compare` and `recommend --verify` train the same way.
 """
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,16 +29,17 @@ from headstart.analysis.drift import build_monitor
 from headstart.backbones import StagedModel, count_params, load_backbone
 from headstart.cache import decode_images
 from headstart.console import console, info, warn_skipped
-from headstart.data import DataSplits, ImageSet, load_data
+from headstart.data import DataSplits, ImageSet, image_id, load_data, role_fingerprints
 from headstart.engine import pick_device
 from headstart.errors import HeadstartError
 from headstart.evaluate import classification_metrics
 from headstart.report.html import write_grid, write_run_report
 from headstart.report.plots import plot_confusion, plot_curves, plot_forgetting
 from headstart.runs import (
-    HISTORY_FILE, RUN_FILE, load_resume_point, plain, remove_resume_point, save_checkpoint, save_resume_point, write_history,
-    write_json,
+    HISTORY_FILE, RUN_FILE, TEST_PREDICTIONS_FILE, load_resume_point, plain, remove_resume_point, save_checkpoint,
+    save_resume_point, write_history, write_json, write_seen_images, write_test_predictions,
 )
+from headstart.stats import RunPredictions, headline_metric, metric_interval
 from headstart.strategies import Strategy, describe_strategy
 from headstart.train import FitResult, Split, TrainConfig, eval_loader, fit, predict_batches, resolve_strategy
 from headstart.transforms import suggest_image_size
@@ -47,6 +55,11 @@ def build_model(cfg: TrainConfig, strategy: Strategy, num_classes: int) -> Stage
 
 
 def decode_split(images: ImageSet, model: StagedModel, cfg: TrainConfig, name: str) -> Split:
+    return decode_kept(images, model, cfg, name)[0]
+
+
+def decode_kept(images: ImageSet, model: StagedModel, cfg: TrainConfig, name: str) -> tuple[Split, list[int]]:
+    """The decoded split, and which images of `images` it holds (unreadable ones are skipped, with a warning)."""
     decoded = decode_images(images, model.preprocessing, cfg.cache_dir, cfg.use_cache, label=f"decode {name}")
     warn_skipped(decoded.skipped, f"unreadable {name} files")
     labels = torch.tensor([images.labels[i] for i in decoded.kept], dtype=torch.long)
@@ -54,7 +67,22 @@ def decode_split(images: ImageSet, model: StagedModel, cfg: TrainConfig, name: s
     empty = [c for c, n in zip(images.classes, kept_counts.tolist()) if n == 0]
     if name == "train" and empty:
         raise HeadstartError(f"no readable training images for class {', '.join(empty)}")
-    return Split(decoded.pixels, labels, decoded.key)
+    if name == "test" and not decoded.kept:
+        raise HeadstartError("no readable test images: fix or replace the files of the test split")
+    return Split(decoded.pixels, labels, decoded.key), decoded.kept
+
+
+@dataclass
+class TestSet:
+    """The decoded test split and the id of each of its images (`data.image_id`), for test_predictions.csv."""
+
+    split: Split
+    ids: list[str]
+
+
+NO_TEST = ("no test split, so no test figure: the val figures chose the best epoch and are optimistic; for a "
+           "figure nothing was selected on use --test-fraction F (unsplit data), --val-as-test (data with val/) "
+           "or a test/ folder")
 
 
 def print_plan(model: StagedModel, strategy: Strategy) -> None:
@@ -76,11 +104,13 @@ def environment() -> dict:
 
 def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: str | Path | None = None, *,
           val_fraction: float = 0.2, classes: list[str] | None = None, per_class: int | None = None,
-          data_seed: int = 0, command: str | None = None) -> dict | None:
+          data_seed: int = 0, test_fraction: float = 0.0, val_as_test: bool = False,
+          val_per_class: int | None = None, command: str | None = None) -> dict | None:
     """Fine-tune `cfg.model` on `data` with `cfg.strategy`; write the run directory `out`; return run.json.
 
     The split and the subsample follow `data_seed`, not `cfg.seed`: runs that differ only in their seed see
-    the same images, so their spread measures the training's randomness, not the data's.
+    the same images, so their spread measures the training's randomness, not the data's. `test_fraction`,
+    `val_as_test` and `val_per_class` are `data.load_data`'s: where the test images come from, and a cap on val.
     Every epoch leaves a resume point in `out`; `cfg.resume` continues from it, exactly as the run would have gone
     on. With `cfg.devices` > 1 the engine starts that many processes here, each running the calling program from
     its start (a script or the CLI, not a notebook); the first writes the run and returns run.json, the others
@@ -90,7 +120,8 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
     first = fabric.is_global_zero
     strategy = resolve_strategy(cfg)
     splits = data if isinstance(data, DataSplits) else load_data(
-        data, val_fraction=val_fraction, seed=data_seed, classes=classes, per_class=per_class)
+        data, val_fraction=val_fraction, seed=data_seed, classes=classes, per_class=per_class,
+        test_fraction=test_fraction, val_as_test=val_as_test, val_per_class=val_per_class)
     warn_skipped(splits.skipped, "non-image files")
     preflight(splits)  # the fast part of `headstart check` (counts, imbalance, duplicates, leakage)
     out = Path(out or Path("runs") / f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -101,9 +132,13 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
     with fabric.rank_zero_first():  # the first process decodes into the cache, the others read what it wrote
         train_split = decode_split(splits.train, model, cfg, "train")
         val_split = decode_split(splits.val, model, cfg, "val")
+    test = decode_test(splits, model, cfg) if first and splits.test is not None else None  # looked at after fit
     _suggest_size(cfg, model, splits.train)
-    info(f"data: {splits.source} · {len(train_split)} train / {len(val_split)} val images · "
+    n_test = f" / {len(test.split)} test" if test else ""
+    info(f"data: {splits.source} · {len(train_split)} train / {len(val_split)} val{n_test} images · "
          f"{len(splits.classes)} classes · {model.preprocessing.image_size}px · weights: {model.weights}")
+    if splits.roles:
+        info(f"roles: {splits.roles}")
     print_plan(model, strategy)
     monitor = forgetting_monitor(cfg, strategy, model, train_split) if first else None
     config = run_config(cfg, strategy, model, splits, per_class, data_seed, len(train_split), command)
@@ -120,7 +155,7 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
         return None
     if not result.history:
         raise HeadstartError("stopped before the first epoch finished: nothing to save")
-    run = finish_run(out, model, result, strategy, splits, val_split, config)
+    run = finish_run(out, model, result, strategy, splits, val_split, config, test)
     if monitor is not None:  # what fine-tuning forgot, next to what it learned
         last = result.history[-1]
         run["forgetting"] = {**monitor.summary(), "l2sp": cfg.l2sp,
@@ -133,13 +168,22 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
     return run
 
 
+def decode_test(splits: DataSplits, model: StagedModel, cfg: TrainConfig) -> TestSet:
+    split, kept = decode_kept(splits.test, model, cfg, "test")
+    return TestSet(split, [image_id(splits.test.refs[i], splits.source) for i in kept])
+
+
 def run_config(cfg: TrainConfig, strategy: Strategy, model: StagedModel, splits: DataSplits, per_class: int | None,
                data_seed: int, n_train: int, command: str | None) -> dict:
-    """config.json: what rebuilds the model and says what the run was (the diagram's rows included)."""
+    """config.json: what rebuilds the model and says what the run was (the diagram's rows included), and which
+    images it trained on, selected on and is reported on (`fingerprints`: one content hash per role)."""
     return {"model": cfg.model, "classes": splits.classes, "preprocessing": model.preprocessing.to_dict(),
             "strategy": strategy.to_dict(), "groups": describe_strategy(strategy, model), "train": cfg.to_dict(),
             "weights": model.weights, "data": splits.source, "per_class": per_class, "data_seed": data_seed,
-            "n_train": n_train, "val_files": len(splits.val), "command": command, "environment": environment()}
+            "n_train": n_train, "val_files": len(splits.val),
+            "test_files": len(splits.test) if splits.test is not None else 0,
+            "roles": splits.roles, "fingerprints": role_fingerprints(splits),
+            "command": command, "environment": environment()}
 
 
 # TrainConfig fields that say where and how a run is kept, not what it computes: a resume may change them
@@ -155,8 +199,8 @@ def resume_point_for(out: Path, config: dict) -> dict | None:
         return None
     point, then = saved
     now = plain(config)
-    differ = [k for k in ("model", "classes", "data", "per_class", "data_seed", "n_train", "val_files", "strategy")
-              if then.get(k) != now.get(k)]
+    differ = [k for k in ("model", "classes", "data", "per_class", "data_seed", "n_train", "val_files", "strategy",
+                          "fingerprints") if then.get(k) != now.get(k)]
     differ += [f"train.{k}" for k in now["train"] if k not in _NOT_IDENTITY and then["train"].get(k) != now["train"][k]]
     if differ:
         raise HeadstartError(f"{out} holds a resume point of another run (it differs in {', '.join(differ)}); "
@@ -175,26 +219,33 @@ def forgetting_monitor(cfg: TrainConfig, strategy: Strategy, model: StagedModel,
 
 
 def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strategy, splits: DataSplits,
-               val: Split, config: dict) -> dict:
-    """Best weights back in, final evaluation, run.json, figures."""
+               val: Split, config: dict, test: TestSet | None = None) -> dict:
+    """Best weights back in; val metrics (the selection figures); the test split scored once with them (the
+    reported figures); run.json, test_predictions.csv, seen_images.json, figures."""
     model.load_state_dict(result.best_state)
+    device = pick_device(config["train"]["device"])
     if result.val_logits is not None:  # fit evaluated the best weights on val already: no second forward pass
         logits, labels = result.val_logits, result.val_labels
     else:
-        device = pick_device(config["train"]["device"])
         logits, labels = predict_batches(model, eval_loader(val, model.preprocessing, device), 0,
                                          model.preprocessing, device)
     metrics = classification_metrics(logits, labels, splits.classes)
-    last = result.history[-1]
+    last, best = result.history[-1], result.history[result.best_epoch - 1]
+    counts = torch.bincount(torch.as_tensor(splits.train.labels), minlength=len(splits.classes)).tolist()
     run = {
         "model": config["model"], "strategy": strategy.name, "classes": splits.classes,
-        "best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+        **test_record(out, model, test, splits, counts, device),
+        "val_accuracy_best": result.best_val_accuracy, "val_balanced_accuracy_best": best["val_balanced_accuracy"],
+        "selected_on": result.select_on, "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,  # deprecated alias of val_accuracy_best (a selection figure)
         "final_train_accuracy": last["train_accuracy"], "final_val_accuracy": last["val_accuracy"],
         "epochs": len(result.history), "epochs_planned": config["train"]["epochs"] or strategy.epochs,
         "train_seconds": result.train_seconds, "monitor_seconds": result.monitor_seconds,
         "trainable_params": count_params(model, trainable_only=True),
         "trainable_params_max": _max_trainable(model, result.history), "total_params": count_params(model),
-        "n_train": config["n_train"], "n_val": int(len(labels)), "interrupted": result.interrupted,
+        "n_train": config["n_train"], "n_val": int(len(labels)), "class_counts": dict(zip(splits.classes, counts)),
+        "balance": result.balance, "roles": splits.roles, "evidence": evidence_note(result, len(labels), test),
+        "interrupted": result.interrupted,
         "stopped_early": result.stopped_early, "seed": config["train"]["seed"],
         "image_size": model.preprocessing.image_size, "weights": model.weights,
         "devices": config["train"].get("devices", 1),
@@ -202,13 +253,49 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
     }
     write_json(out / RUN_FILE, run)
     write_history(out / HISTORY_FILE, result.history)
+    write_seen_images(out, splits.train.fingerprints(), splits.val.fingerprints())
     plot_curves(result.history, out / "curves.png", f"{config['model']} · {strategy.name}")
-    plot_confusion(metrics["confusion_matrix"], splits.classes, out / "confusion.png", f"val accuracy {metrics['accuracy']:.3f}")
+    shown, role = (run["test_metrics"], "test") if test else (metrics, "val")
+    plot_confusion(shown["confusion_matrix"], splits.classes, out / "confusion.png", f"{role} accuracy {shown['accuracy']:.3f}")
     write_grid(out, val.pixels, labels, logits, splits.classes)  # val images with predictions, for the report
     write_run_report(out)
-    info(f"best val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch}) · "
-         f"{result.train_seconds:.1f}s · outputs in {out} (report.html)")
+    reported = (f"test {run['test_metric'].replace('_', ' ')} {run['test_' + run['test_metric']]:.4f} "
+                f"(95% interval {run['test_interval']['low']:.3f}-{run['test_interval']['high']:.3f}, {run['n_test']} "
+                "images nothing was selected on)" if test else "no test figure (no test split)")
+    info(f"{reported} · best val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch}, selected on "
+         f"{result.select_on.replace('_', ' ')}) · {result.train_seconds:.1f}s · outputs in {out} (report.html)")
     return run
+
+
+def test_record(out: Path, model: StagedModel, test: TestSet | None, splits: DataSplits, train_counts: list[int],
+                device: torch.device) -> dict:
+    """The reported figures: the best weights on the test split, once. Without a test split, None and why."""
+    if test is None:
+        return {"test_metric": None, "test_accuracy": None, "test_balanced_accuracy": None, "test_metrics": None,
+                "test_interval": None, "n_test": 0, "test_predictions": None, "no_test": NO_TEST}
+    pre = model.preprocessing
+    logits, labels = predict_batches(model, eval_loader(test.split, pre, device), 0, pre, device)
+    metrics = classification_metrics(logits, labels, splits.classes)
+    predicted = logits.argmax(1)
+    write_test_predictions(out, test.ids, labels.tolist(), predicted.tolist())
+    metric = headline_metric(labels.numpy(), train_counts)
+    interval = metric_interval([RunPredictions("run", 0, labels.numpy(), predicted.numpy(), test.ids)], metric)
+    return {"test_metric": metric, "test_accuracy": metrics["accuracy"],
+            "test_balanced_accuracy": metrics["balanced_accuracy"], "test_metrics": metrics,
+            "test_interval": {"metric": metric, "low": interval.low, "high": interval.high,
+                              "confidence": interval.confidence,
+                              "covers": "the sampling of the test images (one trained model: not the seed's effect)"},
+            "n_test": int(len(labels)), "test_predictions": TEST_PREDICTIONS_FILE, "no_test": None}
+
+
+def evidence_note(result: FitResult, n_val: int, test: TestSet | None) -> str:
+    """What was selected on what, in one line (the reports print it in small type)."""
+    chosen = "best epoch" + (" and early stop" if result.stopped_early else "")
+    metric = result.select_on.replace("_", " ")
+    selected = f"{chosen} chosen by {metric} on {n_val:,} val images"
+    if test is None:
+        return f"{selected}; no test split, so no figure here is free of selection"
+    return f"{selected}; figures on {len(test.split):,} test images nothing was selected on"
 
 
 def _max_trainable(model: StagedModel, history: list[dict]) -> int:

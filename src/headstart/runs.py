@@ -2,12 +2,14 @@
 
     model.safetensors   best weights of the StagedModel (safetensors: no pickle, safe to load)
     config.json         what rebuilds it: model name, classes, preprocessing, strategy, train config
-    run.json            results: best_val_accuracy, final_train_accuracy, times, parameter counts, ...
+    run.json            results: test_accuracy (reported), val_accuracy_best (selected on), times, counts, ...
+    test_predictions.csv  per test image: id, true and predicted class (what compare pairs strategies on)
+    seen_images.json    content hashes of the train and val images (what evaluate refuses to score silently)
     history.csv         one row per epoch: losses, accuracies, the LR of every group
     curves.png, confusion.png
 
-A comparison folder holds one run directory per cell (`run_dir`) and `summary.json`; it stands for its
-winner's best run wherever a run is expected (`winner_run_dir`).
+A comparison folder holds one run directory per cell (`run_dir`, `cell_dir`) and `summary.json`; it stands
+for its chosen strategy's best-on-val run wherever a run is expected (`winner_run_dir`).
 
 Every file is replaced atomically (`headstart.files`): a run killed at any instant leaves the previous good
 version of each file or the new one, never half of one. One process writes into a run directory at a time
@@ -137,18 +139,83 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return Path(out) / "runs" / f"{label.replace(':', '-k')}-seed{seed}"
 
 
+def chosen_strategy(summary: dict) -> str:
+    """The strategy a comparison stands for: the verdict's winner; with none, its recommended strategy (the
+    cheapest of those tied with the best); with neither (nothing beats chance), the best by mean val score."""
+    if summary.get("winner") or summary.get("recommended"):
+        return summary.get("winner") or summary["recommended"]
+    table = summary["strategies"]
+    return max(table, key=lambda s: table[s].get("selection_score_mean", table[s].get("val_accuracy_mean", 0.0)))
+
+
 def best_run(out: str | Path, summary: dict, strategy: str | None = None) -> Path:
-    """The run directory of `strategy` (default: the winner) with the highest val accuracy."""
-    strategy = strategy or summary["winner"]
-    best = max(summary["strategies"][strategy]["runs"], key=lambda r: r["val_accuracy"])
-    return run_dir(Path(out), strategy, best["seed"])
+    """The run directory of `strategy` (default: `chosen_strategy`) with the best val score, the metric it
+    selected on: a test figure never chooses a run, or it would stop being a test figure."""
+    strategy = strategy or chosen_strategy(summary)
+    runs = summary["strategies"][strategy]["runs"]
+    best = max(runs, key=lambda r: r.get("selection_score", r.get("val_accuracy", 0.0)))  # (old summaries: val_accuracy)
+    return Path(out) / best["run_dir"] if "run_dir" in best else run_dir(Path(out), strategy, best["seed"])
 
 
 def winner_run_dir(path: str | Path) -> Path:
-    """A comparison folder stands for its winner's best run (so `predict`, `evaluate` and `export` take either);
-    anything else is returned as it is."""
+    """A comparison folder stands for its chosen strategy's best-on-val run (`best_run`), so `predict`, `evaluate`
+    and `export` take either; anything else is returned as it is."""
     path = Path(path)
     if not (path / SUMMARY_FILE).is_file() or (path / CONFIG_FILE).is_file():
         return path
     summary = json.loads((path / SUMMARY_FILE).read_text())
     return best_run(path, summary)
+
+
+# ------------------------------------------------------------------- evidence: what a run was tested and trained on
+TEST_PREDICTIONS_FILE = "test_predictions.csv"  # image id, true and predicted class index, per test image
+SEEN_FILE = "seen_images.json"  # content hashes of the images a run trained on and selected on
+
+
+def write_test_predictions(run_dir: Path, image_ids: list[str], y_true: list[int], y_pred: list[int]) -> Path:
+    """One row per test image: its id (the ref relative to the data source), true and predicted class index.
+    What `compare` pairs strategies on (the same image ids in every run)."""
+    path = Path(run_dir) / TEST_PREDICTIONS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "true", "predicted"])
+        writer.writerows(zip(image_ids, y_true, y_pred))
+    os.replace(tmp, path)
+    return path
+
+
+def read_test_predictions(run_dir: str | Path) -> tuple[list[str], list[int], list[int]] | None:
+    """(image ids, true, predicted) from test_predictions.csv; None for a run without a test split (or older)."""
+    path = Path(run_dir) / TEST_PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["image"] for r in rows], [int(r["true"]) for r in rows], [int(r["predicted"]) for r in rows]
+
+
+def write_seen_images(run_dir: Path, train: list[str], val: list[str]) -> Path:
+    """The content hashes (data.content_hash) of the images the run trained on and selected on, sorted, so that
+    `evaluate` can tell whether it is given them again."""
+    record = {"recipe": "data.content_hash: blake2b (16 bytes) of the file's bytes",
+              "train": sorted(set(train)), "val": sorted(set(val))}
+    atomic_write_text(Path(run_dir) / SEEN_FILE, json.dumps(record, separators=(",", ":")) + "\n")
+    return Path(run_dir) / SEEN_FILE
+
+
+def read_seen_images(run_dir: str | Path) -> dict[str, set[str]] | None:
+    """{'train': hashes, 'val': hashes}, or None for a run older than the record."""
+    path = Path(run_dir) / SEEN_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return {"train": set(record["train"]), "val": set(record["val"])}
+
+
+def cell_dir(out: Path, label: str, seed: int, fold: int | None = None) -> Path:
+    """A comparison's run directory: out/runs/<label>-seed<seed>, or <label>-fold<k>-seed<seed> for fold k of a
+    cross-validation (see `run_dir`)."""
+    if fold is None:
+        return run_dir(out, label, seed)
+    return Path(out) / "runs" / f"{label.replace(':', '-k')}-fold{fold}-seed{seed}"

@@ -46,8 +46,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
-
 from headstart.errors import HeadstartError
 
 METRICS = ("accuracy", "balanced_accuracy")
@@ -169,8 +167,23 @@ def choose_metric(y_true: np.ndarray) -> str:
     On a 90/10 test set a model that never answers the small class has 90% accuracy and 50% balanced accuracy;
     the second is the honest one. On balanced sets the two are equal, and accuracy is the number people know.
     """
-    counts = np.unique(np.asarray(y_true), return_counts=True)[1]
-    return "balanced_accuracy" if counts.max() > IMBALANCE_RATIO * counts.min() else "accuracy"
+    return "balanced_accuracy" if is_imbalanced(np.unique(np.asarray(y_true), return_counts=True)[1]) else "accuracy"
+
+
+def is_imbalanced(counts: Sequence[int]) -> bool:
+    """The package's one imbalance rule: the largest class has more than IMBALANCE_RATIO times the images of the
+    smallest non-empty one. Selection, the headline metric, `--balance auto` and `headstart check` all ask here."""
+    present = [int(n) for n in counts if n > 0]
+    return len(present) > 1 and max(present) > IMBALANCE_RATIO * min(present)
+
+
+def headline_metric(test_labels: Sequence[int], train_counts: Sequence[int] | None = None) -> str:
+    """The metric a result is reported in: balanced accuracy when the test classes (`choose_metric`) or the
+    training classes (images per class) are imbalanced, since a model trained on skewed classes leans toward the
+    large ones and plain accuracy would reward that; accuracy otherwise."""
+    if train_counts is not None and is_imbalanced(train_counts):
+        return "balanced_accuracy"
+    return choose_metric(np.asarray(test_labels))
 
 
 def chance_level(num_classes: int) -> float:
@@ -232,6 +245,8 @@ def mcnemar(a: RunPredictions, b: RunPredictions) -> McNemar:
     so the count that favours one is Binomial(discordant, 1/2). Exact for any count, where the bootstrap is an
     approximation that gets rough when the runs disagree on a handful of images.
     """
+    from scipy.stats import binomtest  # here: SciPy adds ~1 s to importing stats, which the training loop does
+
     table_a, table_b = _table([a]), _table([b])
     _check_same_test_set([(a.strategy, table_a), (b.strategy, table_b)])
     right_a, right_b = table_a.correct[0], table_b.correct[0]
@@ -402,6 +417,7 @@ def _run_rng(seed: int, strategy: str) -> np.random.Generator:
 
 def _interval(name: str, table: _Table, replicates: np.ndarray, metric: str, confidence: float) -> Interval:
     low, high = _percentile_interval(replicates, confidence)
+    low, high = max(0.0, low), min(1.0, high)  # t tails of two or three runs can reach past what a metric can be
     return Interval(strategy=name, metric=metric, estimate=float(_run_scores(table, metric).mean()), low=low,
                     high=high, runs=table.correct.shape[0], images=len(table.image_ids), confidence=confidence)
 
@@ -410,6 +426,7 @@ def _difference(a: str, b: str, tables: dict[str, _Table], replicates: dict[str,
                 confidence: float) -> Difference:
     differences = replicates[a] - replicates[b]
     low, high = _percentile_interval(differences, confidence)
+    low, high = max(-1.0, low), min(1.0, high)
     estimate = float(_run_scores(tables[a], metric).mean() - _run_scores(tables[b], metric).mean())
     return Difference(a=a, b=b, metric=metric, difference=estimate, low=low, high=high,
                       p_value=_bootstrap_p_value(differences), confidence=confidence)

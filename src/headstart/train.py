@@ -5,6 +5,7 @@
         requires_grad and BN mode follow it                 (frozen BatchNorm stays in eval mode)
         if the frozen prefix changed: recompute its cached activations, wrap the model anew for the engine
         train_one_epoch -> evaluate -> history row -> best checkpoint -> early stopping
+            (best = val accuracy, or val balanced accuracy when the training classes are imbalanced)
 
 The engine (`engine.py`, Lightning Fabric) decides where this runs: one device, or N data-parallel processes,
 each on its shard of the training images; the loop reads the same either way.
@@ -24,13 +25,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
 from headstart.backbones import StagedModel, count_params
 from headstart import engine
 from headstart.console import console, info
+from headstart.errors import HeadstartError
 from headstart.features import inference_batch_size, prefix_activations
 from headstart.progress import progress_bar
+from headstart.stats import is_imbalanced
 from headstart.strategies import (
     Strategy,
     apply_trainable,
@@ -74,6 +77,9 @@ class TrainConfig:
     num_workers: int | None = None
     # issue #4 (analysis): forgetting
     l2sp: float = 0.0  # > 0: alpha of the L2-SP penalty alpha/2 ||w - w0||^2 on trainable backbone weights
+    # imbalanced training classes: weighted (class-weighted loss), sampler (class-balanced batches), none;
+    # auto = BALANCE_AUTO when the classes are imbalanced (stats.is_imbalanced), none otherwise
+    balance: str = "auto"
     monitor_folder: str | None = None  # ImageNet synset folders for the old-task top-1 (None: default if present)
     # where a run is kept, not what it computes
     resume: bool = False  # continue from the run directory's resume point, if it has one
@@ -106,7 +112,7 @@ class Split:
 class FitResult:
     history: list[dict]
     best_epoch: int
-    best_val_accuracy: float
+    best_val_accuracy: float  # val accuracy of the best epoch (chosen on `select_on`)
     best_state: dict[str, torch.Tensor]
     interrupted: bool = False
     train_seconds: float = 0.0
@@ -115,6 +121,8 @@ class FitResult:
     val_logits: torch.Tensor | None = None  # of the best epoch: the final evaluation needs no second forward pass
     val_labels: torch.Tensor | None = None
     monitor_seconds: float = 0.0  # the forgetting monitor's time, not part of train_seconds
+    select_on: str = "val_accuracy"  # the history column the best epoch and early stopping follow
+    balance: str = "none"  # how training countered imbalanced classes (`resolve_balance`)
 
 
 class PixelDataset(Dataset):
@@ -173,6 +181,55 @@ def default_views(strategy: Strategy, epochs: int, augment: str) -> int:
     if k is None:
         return 0
     return LINEAR_VIEWS if k == 0 else max(2, epochs // 2)
+
+
+BALANCE_MODES = ("auto", "weighted", "sampler", "none")
+BALANCE_AUTO = "sampler"  # what `auto` does on imbalanced classes: the better on val (bench/imbalance.py, docs/analysis.md)
+
+
+def resolve_balance(balance: str, counts: list[int], world_size: int = 1) -> str:
+    """How a run counters imbalanced training classes: `auto` is BALANCE_AUTO when they are imbalanced
+    (`stats.is_imbalanced`) and none otherwise; an explicit mode is kept as it is. The sampler draws the batches
+    of one process, so `auto` weighs the loss instead with several (`--devices`), and an explicit sampler is refused."""
+    if balance not in BALANCE_MODES:
+        raise HeadstartError(f"--balance must be one of {', '.join(BALANCE_MODES)}, got {balance!r}")
+    if balance == "sampler" and world_size > 1:
+        raise HeadstartError("--balance sampler draws the batches of one process; with --devices N use "
+                             "--balance weighted (or auto)")
+    if balance == "auto":
+        if not is_imbalanced(counts):
+            return "none"
+        return "weighted" if BALANCE_AUTO == "sampler" and world_size > 1 else BALANCE_AUTO
+    return balance
+
+
+def selection_metric(counts: list[int]) -> str:
+    """The history column that chooses the best epoch and stops early: val balanced accuracy (mean per-class
+    recall) when the training classes are imbalanced, where plain accuracy would reward leaning toward the large
+    classes; val accuracy otherwise (on balanced classes the two agree closely, and accuracy is the one people know)."""
+    return "val_balanced_accuracy" if is_imbalanced(counts) else "val_accuracy"
+
+
+def class_weights(counts: list[int]) -> torch.Tensor:
+    """N / (K · n_c) per class: in the weighted loss every class counts as much as in a balanced set (a class
+    without images gets 0)."""
+    n = torch.tensor(counts, dtype=torch.float32)
+    present = n > 0
+    return torch.where(present, n.sum() / (present.sum() * n.clamp(min=1)), torch.zeros_like(n))
+
+
+def balanced_sampler(labels: torch.Tensor, counts: list[int], generator: torch.Generator) -> WeightedRandomSampler:
+    """Class-balanced batches: each draw picks a class uniformly, then an image of it (with replacement), as many
+    draws per epoch as there are training images. Draws from the run's generator, so a seed repeats them."""
+    per_image = (1.0 / torch.tensor(counts, dtype=torch.float64).clamp(min=1))[labels]
+    return WeightedRandomSampler(per_image, num_samples=len(labels), replacement=True, generator=generator)
+
+
+def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean recall over the classes present in `labels` (as evaluate.classification_metrics computes it)."""
+    predicted = logits.argmax(1)
+    recalls = [(predicted[labels == c] == c).float().mean() for c in labels.unique()]
+    return torch.stack(recalls).mean().item() if recalls else 0.0
 
 
 def first_trainable_stage(model: StagedModel, trainable: list[str]) -> int:
@@ -255,19 +312,22 @@ def eval_loader(split: Split, pre: Preprocessing, device: torch.device) -> DataL
 
 
 def train_one_epoch(model, net, batches, start, pre, optimizer, scheduler, fabric, label_smoothing, bar=None, task=None,
-                    penalty=None):
+                    penalty=None, class_weights=None):
     """One pass over this process's `batches`; returns loss and accuracy over every process's images.
-    `penalty()` (e.g. L2-SP) is added to the loss that is minimised; the reported loss is the cross-entropy
-    alone, so runs with and without it compare."""
+    `penalty()` (e.g. L2-SP) is added to the loss that is minimised, and `class_weights` weigh it per class
+    (`--balance weighted`); the reported loss is the plain cross-entropy, so runs with and without them compare."""
     device = fabric.device
+    weights = class_weights.to(device) if class_weights is not None else None
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = forward_batch(model, x, start, pre, net)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss + penalty() if penalty is not None else loss)  # with N processes: gradients averaged
+        if weights is not None:
+            loss = F.cross_entropy(logits.detach().float(), y, label_smoothing=label_smoothing)  # reported: plain
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(y)
@@ -307,9 +367,13 @@ class RunPlan:
     workers: int
     last_phase_start: int  # early stopping waits for the last phase to begin
     unfreeze_steps: dict[str, int]  # optimizer step at which each group that unfreezes mid-run starts training
+    class_counts: list[int] = field(default_factory=list)  # training images per class
+    balance: str = "none"  # weighted | sampler | none (`resolve_balance`)
+    select_on: str = "val_accuracy"  # `selection_metric`
 
 
-def plan_run(model: StagedModel, strategy: Strategy, n_train: int, cfg: TrainConfig, world_size: int) -> RunPlan:
+def plan_run(model: StagedModel, strategy: Strategy, n_train: int, cfg: TrainConfig, world_size: int,
+             class_counts: list[int] | None = None) -> RunPlan:
     epochs = cfg.epochs or strategy.epochs
     augment = cfg.augment or strategy.augment
     views = 0 if augment == "none" else cfg.views if cfg.views is not None else default_views(strategy, epochs, augment)
@@ -318,9 +382,11 @@ def plan_run(model: StagedModel, strategy: Strategy, n_train: int, cfg: TrainCon
     phases = strategy.phases_for(len(model.stage_names))
     unfreeze = {name: epoch * steps for name in model.group_names
                 if (epoch := unfreeze_epoch(strategy, model.stage_names, name)) is not None}
+    counts = list(class_counts or [])
+    balance = resolve_balance(cfg.balance, counts, world_size)
     return RunPlan(epochs, augment, views, batch_size, steps,
                    cfg.num_workers if cfg.num_workers is not None else default_workers(augment),
-                   max(p.start_epoch for p in phases), unfreeze)
+                   max(p.start_epoch for p in phases), unfreeze, counts, balance, selection_metric(counts))
 
 
 @dataclass
@@ -358,7 +424,8 @@ def enter_phase(model: StagedModel, strategy: Strategy, trainable: list[str], ep
     else:
         dataset = PixelDataset(train.pixels, train.labels, train_transform(pre, plan.augment))
         workers = plan.workers
-    sampler = engine.shard_sampler(dataset, fabric, cfg.seed)
+    sampler = (balanced_sampler(train.labels, plan.class_counts, generator) if plan.balance == "sampler"
+               else engine.shard_sampler(dataset, fabric, cfg.seed))
     # Workers are started anew each epoch (not persistent): their random state then follows from the
     # loader's generator alone, which a resume point saves, so a resumed run augments exactly as it would have.
     loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -374,7 +441,8 @@ class LoopState:
     """Everything a run has done so far that the rest of it depends on: what a resume point saves."""
 
     history: list[dict] = field(default_factory=list)
-    best_accuracy: float = -1.0
+    select_on: str = "val_accuracy"  # the history column that decides the best epoch (`selection_metric`)
+    best_score: float = -1.0  # its best value so far
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
     best_logits: torch.Tensor | None = None
@@ -384,12 +452,12 @@ class LoopState:
     monitor_seconds: float = 0.0  # the forgetting monitor, apart: it is not the strategy's own cost
 
     def record(self, row: dict, model: StagedModel, logits: torch.Tensor, labels: torch.Tensor) -> bool:
-        """Add an epoch's row; keep the weights and val logits if val accuracy improved. True if it did."""
+        """Add an epoch's row; keep the weights and val logits if the selection metric improved. True if it did."""
         self.history.append(row)
-        if row["val_accuracy"] <= self.best_accuracy:
+        if row[self.select_on] <= self.best_score:
             self.stale += 1
             return False
-        self.best_accuracy, self.best_epoch, self.stale = row["val_accuracy"], row["epoch"], 0
+        self.best_score, self.best_epoch, self.stale = row[self.select_on], row["epoch"], 0
         self.best_logits, self.best_labels = logits, labels
         self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return True
@@ -455,7 +523,9 @@ def fit(
 ) -> FitResult:
     """Train `model` under `strategy`; keep the best-on-val weights. Ctrl-C stops cleanly after the batch.
 
-    `on_checkpoint(state, epoch)` is called whenever val accuracy improves (the run directory saves it at
+    The best epoch is the one with the best val accuracy, or val balanced accuracy when the training classes
+    are imbalanced (`selection_metric`); `cfg.balance` counters the imbalance in training (`resolve_balance`).
+    `on_checkpoint(state, epoch)` is called whenever that improves (the run directory saves it at
     once, so an interruption or a crash loses nothing); `on_epoch(history, resume_point)` after every epoch, with
     what `resume=` takes to continue the run exactly from there. `monitor(model, epoch) -> dict` (e.g.
     `analysis.drift.ForgettingMonitor`) runs after evaluation; its values join the epoch's history row. With
@@ -466,14 +536,17 @@ def fit(
     first = fabric.is_global_zero  # the process that writes and reports
     torch.manual_seed(cfg.seed)  # the run's randomness (dropout, augmentation) follows its own seed only
     generator = torch.Generator().manual_seed(cfg.seed)
-    plan = plan_run(model, strategy, len(train), cfg, fabric.world_size)
+    counts = torch.bincount(train.labels, minlength=model.num_classes).tolist()
+    plan = plan_run(model, strategy, len(train), cfg, fabric.world_size, counts)
+    announce_balance(plan)
     model.to(fabric.device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, strategy, cfg.weight_decay))
     scheduler = lr_scheduler(optimizer, round(cfg.warmup_epochs * plan.steps_per_epoch),
                              plan.epochs * plan.steps_per_epoch, plan.unfreeze_steps,
                              round(cfg.unfreeze_warmup_epochs * plan.steps_per_epoch))
     penalty = l2sp(model, cfg.l2sp)  # anchored before a resume point loads later weights
-    state = resume_from(resume, model, optimizer, scheduler, generator) if resume else LoopState()
+    state = resume_from(resume, model, optimizer, scheduler, generator) if resume else LoopState(select_on=plan.select_on)
+    weights = class_weights(plan.class_counts) if plan.balance == "weighted" else None
     phase, interrupted, stopped_early = None, False, False
     try:
         with engine.catch_interrupts(), progress_bar(transient=True) as bar:
@@ -485,7 +558,7 @@ def fit(
                     phase = enter_phase(model, strategy, trainable, epoch, train, val, cfg, plan, fabric, generator)
                     state.train_seconds += time.perf_counter() - t0
                 row, logits, labels = run_epoch(model, phase, epoch, strategy, optimizer, scheduler, cfg, fabric, bar,
-                                                penalty)
+                                                penalty, weights)
                 state.train_seconds += row["seconds"]
                 if monitor is not None and first:
                     t0 = time.perf_counter()
@@ -493,7 +566,7 @@ def fit(
                     row["monitor_seconds"] = time.perf_counter() - t0
                     state.monitor_seconds += row["monitor_seconds"]
                 improved = state.record(row, model, logits, labels)
-                print_epoch(row, plan.epochs, improved)
+                print_epoch(row, plan.epochs, improved, state.select_on)
                 bar.advance(epoch_task)
                 if first and improved and on_checkpoint:
                     on_checkpoint(state.best_state, epoch + 1)
@@ -501,20 +574,32 @@ def fit(
                     on_epoch(state.history, resume_point(state, model, optimizer, scheduler, generator))
                 if should_stop_early(state, cfg, plan):
                     stopped_early = True
-                    info(f"early stop: val accuracy has not improved for {cfg.patience} epochs")
+                    info(f"early stop: {state.select_on.replace('_', ' ')} has not improved for {cfg.patience} epochs")
                     break
     except KeyboardInterrupt:
         interrupted = True
         console.print("[bold]interrupted[/]: keeping the best checkpoint so far")
     if not interrupted:
         engine.check_replicas_agree(fabric, model)
-    return FitResult(state.history, state.best_epoch, state.best_accuracy, state.best_state, interrupted,
+    best_val_accuracy = state.history[state.best_epoch - 1]["val_accuracy"] if state.best_epoch else -1.0
+    return FitResult(state.history, state.best_epoch, best_val_accuracy, state.best_state, interrupted,
                      state.train_seconds, stopped_early, val_logits=state.best_logits, val_labels=state.best_labels,
-                     monitor_seconds=state.monitor_seconds)
+                     monitor_seconds=state.monitor_seconds, select_on=state.select_on, balance=plan.balance)
+
+
+def announce_balance(plan: RunPlan) -> None:
+    """Say when imbalanced classes change what the run selects on or how it trains."""
+    if plan.select_on == "val_accuracy" and plan.balance == "none":
+        return
+    present = [n for n in plan.class_counts if n > 0]
+    how = {"weighted": "a class-weighted loss", "sampler": "class-balanced batches", "none": "no counter-measure"}
+    info(f"training classes imbalanced ({max(present)} vs {min(present)} images, "
+         f"{max(present) / min(present):.1f}:1): the best epoch is chosen on "
+         f"{plan.select_on.replace('_', ' ')}; training uses {how[plan.balance]} (--balance)")
 
 
 def run_epoch(model, phase: ActivePhase, epoch: int, strategy: Strategy, optimizer, scheduler, cfg: TrainConfig, fabric, bar,
-              penalty) -> tuple[dict, torch.Tensor, torch.Tensor]:
+              penalty, class_weights=None) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Train one epoch, then score val: the epoch's history row, and the val logits and labels."""
     t0 = time.perf_counter()
     if isinstance(phase.train_batches.dataset, ViewsDataset):
@@ -523,20 +608,23 @@ def run_epoch(model, phase: ActivePhase, epoch: int, strategy: Strategy, optimiz
     lrs = group_lrs(optimizer)  # the LRs the epoch starts with
     task = bar.add_task("  train", total=math.ceil(len(phase.train_batches.dataset) / fabric.world_size))
     train_loss, train_acc = train_one_epoch(model, phase.net, phase.train_batches, phase.start, model.preprocessing,
-                                            optimizer, scheduler, fabric, cfg.label_smoothing, bar, task, penalty)
+                                            optimizer, scheduler, fabric, cfg.label_smoothing, bar, task,
+                                            penalty=penalty, class_weights=class_weights)
     bar.remove_task(task)
     logits, labels = predict_batches(model, phase.val_batches, phase.start, model.preprocessing, fabric.device)
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
            "val_loss": F.cross_entropy(logits, labels).item(),
            "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+           "val_balanced_accuracy": balanced_accuracy(logits, labels),
            "seconds": time.perf_counter() - t0, "trainable": "+".join(phase.trainable),
            **{f"lr_{g}": (lrs[g] if g in phase.trainable else 0.0) for g in model.group_names}}
     return row, logits, labels
 
 
-def print_epoch(row: dict, epochs: int, improved: bool) -> None:
+def print_epoch(row: dict, epochs: int, improved: bool, select_on: str = "val_accuracy") -> None:
+    balanced = f" balanced {row['val_balanced_accuracy']:.3f}" if select_on == "val_balanced_accuracy" else ""
     console.print(f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.3f} acc {row['train_accuracy']:.3f}  "
-                  f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f}{'  *' if improved else ''}  "
+                  f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f}{balanced}{'  *' if improved else ''}  "
                   f"({row['seconds']:.1f}s)")
 
 

@@ -35,12 +35,13 @@ from PIL import Image
 from headstart.console import warn
 from headstart.data import DataSplits, ImageSet, content_hash, load_data
 from headstart.images import UnreadableImage, read_rgb
+from headstart.stats import IMBALANCE_RATIO, is_imbalanced
 
 TINY_CLASS = 10  # fewer training images than this: a class the model can barely learn, and val is noise
-IMBALANCE_FLAG = 1.5  # largest / smallest training class above which check reports the imbalance (info)
+IMBALANCE_FLAG = IMBALANCE_RATIO  # largest / smallest training class above which check reports it (stats.is_imbalanced)
 IMBALANCE_WARN = 3.0  # ... and above which it is a warning that `train` prints too
-IMBALANCE_HANDLING = ("selection and the headline use balanced accuracy; training counters it with class weighting "
-                      "— see `--balance`")
+IMBALANCE_HANDLING = ("selection and the headline use balanced accuracy; training counters it with class-balanced "
+                      "batches — see `--balance`")
 NEAR_DUPLICATE_BITS = 4  # dHash Hamming distance (of 64) at or below which two images are near-duplicate candidates
 SMALL_IMAGE = 32  # shorter side in pixels
 BLANK_STD = 2.0  # grey levels: an image this flat is reported as blank; a hash this flat is noise, so not matched
@@ -147,7 +148,7 @@ def class_imbalance(train_counts: dict[str, int]) -> dict | None:
         return None
     largest, smallest = max(present, key=present.get), min(present, key=present.get)
     ratio = present[largest] / present[smallest]
-    if ratio <= IMBALANCE_FLAG:
+    if not is_imbalanced(list(present.values())):
         return None
     return {"ratio": round(ratio, 2), "largest": largest, "smallest": smallest, "counts": dict(train_counts),
             "handling": IMBALANCE_HANDLING}

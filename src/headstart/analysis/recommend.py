@@ -187,8 +187,8 @@ def verification_configs(rec: Recommendation, *, seed: int = 0, epochs: int = 4,
 
 def verification_verdict(rec: Recommendation, runs: dict[str, dict], epochs: int) -> dict:
     """The pick holds if it is within 2 accuracy points of the better of the two verification runs."""
-    results = {name: {"best_val_accuracy": run["best_val_accuracy"], "epochs": run["epochs"],
+    results = {name: {"val_accuracy_best": run["val_accuracy_best"], "epochs": run["epochs"],
                       "train_seconds": run["train_seconds"], "run_dir": run["run_dir"]} for name, run in runs.items()}
-    best = max(results, key=lambda k: results[k]["best_val_accuracy"])
-    gap = results[best]["best_val_accuracy"] - results[rec.strategy]["best_val_accuracy"]
+    best = max(results, key=lambda k: results[k]["val_accuracy_best"])
+    gap = results[best]["val_accuracy_best"] - results[rec.strategy]["val_accuracy_best"]
     return {"results": results, "best": best, "held": gap <= 0.02, "gap": gap, "epochs": epochs}

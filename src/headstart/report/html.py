@@ -1,9 +1,10 @@
 """Run directories -> one self-contained report.html (figures inlined: it opens offline, mails as one file).
 
 Two reports, built from the same pieces and reading only what training wrote:
-- `write_compare_report(out, summary)`: the controlled experiment — winner and why at the top, the
-  accuracy table with error bars, learning curves of every strategy on shared axes, the frozen/trainable
-  diagram, confusion matrices, the winner's val predictions (misclassified first), how to reproduce it.
+- `write_compare_report(out, summary)`: the controlled experiment — the verdict and why at the top, the
+  test figures with their 95% intervals (what was selected on what in small type), learning curves of every
+  strategy on shared axes, the frozen/trainable diagram, test confusion matrices, the val predictions of the
+  run the comparison stands for (misclassified first), how to reproduce it.
 - `write_run_report(run_dir)`: the same for a single `headstart train` run.
 
 Figures are matplotlib PNGs as data: URIs; the diagram is inline SVG; there is no JavaScript.
@@ -20,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from headstart.report.diagram import DiagramRow, diagram_row, human, strategy_diagram
-from headstart.report.markdown import data_name, findings, pct, pts, results_rows
+from headstart.report.markdown import badge, data_name, evidence, findings, pct, pts, results_rows
 from headstart.report.plots import plot_confusion, plot_curves, plt
-from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, best_run, read_history, read_run, run_dir
+from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, best_run, read_history, read_run
 from headstart.strategies import Strategy, parse_label, what_trains
 
 GRID_FILE = "val_grid.json"
@@ -52,9 +53,10 @@ img.fig{max-width:100%;height:auto}.cms{display:flex;flex-wrap:wrap;gap:14px}.cm
 .grid figure{margin:0;text-align:center;font-size:12px}.grid img{width:96px;height:96px;image-rendering:auto;border:3px solid #59a14f;border-radius:4px}
 .grid figure.wrong img{border-color:#e15759}.grid .wrong figcaption{color:#b8282a;font-weight:600}
 pre{background:#f4f6f9;padding:10px;border-radius:6px;white-space:pre-wrap;word-break:break-all;font-size:13px}
-.note{color:#5a6272;font-size:13px}
+.note{color:#5a6272;font-size:13px}.evidence{color:#5a6272;font-size:12.5px;margin:6px 0}
 .badge{display:inline-block;background:#f28e2b;color:#fff;font-size:.72em;font-weight:700;text-transform:uppercase;
 letter-spacing:.04em;padding:2px 7px;border-radius:4px;vertical-align:middle}
+.badge.tied{background:#8a94a6}.badge.none{background:#b8282a}
 """
 
 
@@ -83,14 +85,18 @@ def page(title: str, body: str) -> str:
             f"<body>{body}</body></html>\n")
 
 
-def accuracy_bar(mean: float, std: float, values: list[float], color: str, width: int = 220) -> str:
-    """A small SVG: a bar to the mean, a whisker of ± one std, a dot per seed (0 to 100% left to right)."""
+def accuracy_bar(mean: float, low: float, high: float, values: list[float], color: str, chance: float | None = None,
+                 width: int = 220) -> str:
+    """A small SVG: a bar to the mean, a whisker over its 95% interval, a dot per seed, a dashed tick at chance
+    (0 to 100% left to right)."""
     x = lambda v: 2 + (width - 4) * min(max(v, 0.0), 1.0)  # noqa: E731
     parts = [f'<svg width="{width}" height="18" viewBox="0 0 {width} 18" role="img" aria-label="{pct(mean)}">',
              f'<rect x="2" y="3" width="{width - 4}" height="12" fill="#eef0f3"/>',
              f'<rect x="2" y="3" width="{x(mean) - 2:.1f}" height="12" fill="{color}" opacity="0.85"/>']
-    if std > 0:
-        lo, hi = x(mean - std), x(mean + std)
+    if chance is not None:
+        parts.append(f'<path d="M{x(chance):.1f} 1V17" stroke="#888" stroke-width="1" stroke-dasharray="2 2"/>')
+    if high > low:
+        lo, hi = x(low), x(high)
         parts.append(f'<path d="M{lo:.1f} 9H{hi:.1f}M{lo:.1f} 5V13M{hi:.1f} 5V13" stroke="#111" stroke-width="1.4"/>')
     parts += [f'<circle cx="{x(v):.1f}" cy="9" r="2.2" fill="#fff" stroke="#111" stroke-width="0.8"/>' for v in values]
     return "".join(parts) + "</svg>"
@@ -209,22 +215,31 @@ def read_grid(run_dir: Path) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------------ compare
+def badge_html(word: str) -> str:
+    """The verdict's word for a strategy (or a comparison) as a badge: winner, recommended, tied, no winner."""
+    if not word:
+        return ""
+    kind = {"tied": " tied", "no winner": " none"}.get(word, "")
+    return f'<span class="badge{kind}">{escape(word)}</span>'
+
+
 def results_table(summary: dict) -> str:
-    seeds = max(s["n_seeds"] for s in summary["strategies"].values())
-    head = ("<tr><th>strategy</th><th>what trains</th><th>val accuracy"
-            f"{' (mean ± std, dots: seeds)' if seeds > 1 else ''}</th><th class='num'>val acc</th>"
-            "<th class='num'>train acc</th><th class='num'>gap (train − val)</th><th class='num'>trainable params</th>"
-            "<th class='num'>seconds</th></tr>")
+    metric = summary["metric"].replace("_", " ")
+    each = "seed, folds pooled" if summary["setup"].get("folds") else "seed"
+    head = (f"<tr><th>strategy</th><th>what trains</th><th>test {metric} (bar: mean, whisker: 95% interval, dots: "
+            f"per {each}, dashes: chance)</th><th class='num'>test {metric}</th>"
+            "<th class='num'>val acc (selected on)</th><th class='num'>train acc</th>"
+            "<th class='num'>gap (train − val)</th><th class='num'>trainable params</th><th class='num'>seconds</th></tr>")
     body = []
     for r in results_rows(summary):
         color = strategy_color(r["strategy"])
-        std = f" ± {pct(r['val_std'])}" if seeds > 1 else ""
         body.append(
-            f'<tr class="{"win" if r["winner"] else ""}" data-strategy="{escape(r["strategy"])}">'
-            f'<td><span class="swatch" style="background:{color}"></span>{escape(r["strategy"])}'
-            f'{" <span class=badge>winner</span>" if r["winner"] else ""}</td><td>{escape(r["trains"])}</td>'
-            f"<td>{accuracy_bar(r['val'], r['val_std'], r['per_seed'], color)}</td>"
-            f"<td class='num'>{pct(r['val'])}{std}</td><td class='num'>{pct(r['train'])}</td>"
+            f'<tr class="{"win" if r["winner"] or r["recommended"] else ""}" data-strategy="{escape(r["strategy"])}">'
+            f'<td><span class="swatch" style="background:{color}"></span>{escape(r["strategy"])} '
+            f'{badge_html(badge(r))}</td><td>{escape(r["trains"])}</td>'
+            f"<td>{accuracy_bar(r['test'], r['low'], r['high'], r['per_seed'], color, summary['chance'])}</td>"
+            f"<td class='num'>{pct(r['test'])} <small>({pct(r['low'])}–{pct(r['high'])})</small></td>"
+            f"<td class='num'>{pct(r['val_best'])}</td><td class='num'>{pct(r['train'])}</td>"
             f"<td class='num'>{100 * r['gap']:+.1f} pts</td><td class='num'>{human(r['params'])}</td>"
             f"<td class='num'>{r['seconds']:.0f}</td></tr>")
     return f'<table id="results"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
@@ -234,48 +249,59 @@ def compare_html(out: Path, summary: dict) -> str:
     setup = summary["setup"]
     seeds = setup["seeds"]
     facts = findings(summary)
-    curves = {name: mean_curves([read_history(run_dir(out, name, s) / HISTORY_FILE) for s in seeds])
-              for name in setup["strategies"]}
+    runs_of = {name: [out / r["run_dir"] for r in summary["strategies"][name]["runs"]] for name in setup["strategies"]}
+    curves = {name: mean_curves([read_history(d / HISTORY_FILE) for d in dirs]) for name, dirs in runs_of.items()}
     chance = 1 / len(setup["classes"])
-    diagram_rows = [diagram_row(json.loads((run_dir(out, name, seeds[0]) / CONFIG_FILE).read_text()), label=name)
+    diagram_rows = [diagram_row(json.loads((runs_of[name][0] / CONFIG_FILE).read_text()), label=name)
                     for name in summary["ranking"]]  # labelled as compared: partial:3 and partial side by side
     confusions = []
+    pooled = "summed over seeds and folds" if setup.get("folds") else "summed over seeds"
     for name in summary["ranking"]:
-        cm = sum(np.asarray(read_run(run_dir(out, name, s))["val_metrics"]["confusion_matrix"]) for s in seeds)
+        cm = sum(np.asarray(read_run(d)["test_metrics"]["confusion_matrix"]) for d in runs_of[name])
         acc = np.trace(cm) / cm.sum()
         uri = png_file_uri(lambda buf, cm=cm, name=name, acc=acc: plot_confusion(
-            cm.tolist(), setup["classes"], buf, f"{name} · {acc:.1%}"))
-        confusions.append(f"<figure>{img(uri, f'confusion matrix of {name}')}<figcaption>{escape(name)}"
-                          f"{' (summed over seeds)' if len(seeds) > 1 else ''}</figcaption></figure>")
-    winner_dir = best_run(out, summary)
+            cm.tolist(), setup["classes"], buf, f"{name} · test accuracy {acc:.1%}"))
+        confusions.append(f"<figure>{img(uri, f'test confusion matrix of {name}')}<figcaption>{escape(name)}"
+                          f"{f' ({pooled})' if len(runs_of[name]) > 1 else ''}</figcaption></figure>")
+    chosen_dir = best_run(out, summary)
+    chosen = read_run(chosen_dir)
+    sizes = (f"{setup['n_test']} images in {setup['folds']} folds" if setup.get("folds") else
+             f"{setup['n_train']} train / {setup['n_val']} val / {setup['n_test']} test images")
+    word = "winner" if summary["winner"] else "tied" if summary["recommended"] else "no winner"
     body = [
         f"<h1>Which fine-tuning strategy works on {escape(data_name(setup['data']))}?</h1>",
-        f'<div class="winner"><p class="big"><span class="badge">winner</span> {escape(facts[0])}</p>',
+        f'<div class="winner"><p class="big">{badge_html(word)} {escape(facts[0])}</p>',
         *[f"<p>{escape(f)}</p>" for f in facts[1:]], "</div>",
         f'<p class="setup">Same for every strategy: {escape(setup["model"])} at {setup["image_size"]}px · '
-        f'{setup["n_train"]} train / {setup["n_val"]} val images ({escape(", ".join(setup["classes"]))}) · '
+        f'{sizes} ({escape(", ".join(setup["classes"]))}) · '
         f'{setup["epochs"]} epochs · augmentation <b>{escape(setup["augment"])}</b> · seeds '
         f'{escape(", ".join(map(str, seeds)))}. Only the starting point and what is frozen differ.</p>',
-        "<h2>Accuracy</h2>", results_table(summary),
-        '<p class="note">Val accuracy: the best epoch (its weights are kept). Train accuracy and gap: the last epoch. '
-        "A large gap means the model learned its training images rather than the task. Seconds: training time, "
-        "decoding excluded; a frozen prefix whose features an earlier run on the same images cached costs nothing "
-        "here.</p>",
+        "<h2>Test figures</h2>", results_table(summary),
+        f'<p class="evidence" id="evidence"><small>{escape(evidence(summary))}</small></p>',
+        '<p class="note">Intervals: 95%, over the test images and the seeds (stats.py). Val accuracy: the best '
+        "epoch's, on the very images that chose it, so it flatters. Train accuracy and gap: the last epoch. A large "
+        "gap means the model learned its training images rather than the task. Seconds: training time, decoding "
+        "excluded; a frozen prefix whose features an earlier run on the same images cached costs nothing here.</p>",
         "<h2>Learning curves</h2>",
         img(png_uri(plot_compare_curves(curves, chance)), "learning curves of every strategy"),
-        f'<p class="note">Means over {len(seeds)} seed(s). Dotted line: chance ({chance:.0%}). '
+        f'<p class="note">Means over {len(seeds)} seed(s){" and the folds" if setup.get("folds") else ""}, on train '
+        f"and val (the images the best epoch is chosen on). Dotted line: chance ({chance:.0%}). "
         "Shaded: train − val, the overfitting gap.</p>",
         "<h2>What trains under each strategy</h2>",
         diagram_or_note(diagram_rows),
-        "<h2>Confusion matrices</h2>", f'<div class="cms">{"".join(confusions)}</div>',
-        f"<h2>Val predictions of the winner ({escape(summary['winner'])}, seed {read_run(winner_dir)['seed']})</h2>",
-        grid_html(read_grid(winner_dir)),
+        "<h2>Test confusion matrices</h2>", f'<div class="cms">{"".join(confusions)}</div>',
+        f"<h2>Val predictions of the run this comparison stands for ({escape(chosen['strategy'])}, seed "
+        f"{chosen['seed']}, the best on val)</h2>",
+        grid_html(read_grid(chosen_dir)),
         "<h2>Reproduce</h2>",
         reproduce_html(setup.get("command"), setup.get("environment"),
-                       f"Seeds {', '.join(map(str, seeds))}; data split seed {setup.get('data_seed', 0)}; "
-                       f"every run's config.json, history.csv and weights are under runs/. "),
+                       f"Seeds {', '.join(map(str, seeds))}; data split seed {setup.get('data_seed', 0)}; roles: "
+                       f"{escape(setup.get('roles') or '')}; every run's config.json, history.csv, "
+                       "test_predictions.csv and weights are under runs/. "),
     ]
-    return page(f"headstart compare: {summary['winner']} wins", "\n".join(body))
+    title = (f"{summary['winner']} wins" if summary["winner"] else
+             f"tied, {summary['recommended']} recommended" if summary["recommended"] else "no strategy beats chance")
+    return page(f"headstart compare: {title}", "\n".join(body))
 
 
 def write_compare_report(out: str | Path, summary: dict) -> Path:
@@ -293,6 +319,39 @@ def diagram_or_note(rows: list[DiagramRow | None]) -> str:
     return strategy_diagram(recorded)
 
 
+def run_figures(run: dict) -> tuple[str, str]:
+    """The headline of a single run and the small print under it: the test figure with its interval, or plainly
+    that there is none (a run without a test split, or one recorded before test figures existed)."""
+    val_best = run.get("val_accuracy_best", run.get("best_val_accuracy"))
+    selection = f"val accuracy {pct(val_best)} (epoch {run['best_epoch']} of {run['epochs']}, the selection figure)"
+    if run.get("test_metric"):
+        metric, interval = run["test_metric"], run["test_interval"]
+        headline = (f"test {metric.replace('_', ' ')} {pct(run['test_' + metric])} (95% interval "
+                    f"{pct(interval['low'])}–{pct(interval['high'])})")
+        small = f"{run.get('evidence', '')}. The interval covers the test images, not the seed. Also: {selection}."
+        if metric == "balanced_accuracy":
+            small += (" Balanced accuracy (the mean of per-class recalls): the classes are imbalanced, and plain "
+                      f"accuracy ({pct(run['test_accuracy'])}) would reward leaning toward the large ones.")
+        return headline, small
+    if "no_test" in run:
+        return f"{selection}; no test figure", run["no_test"] + "."
+    return (f"{selection}; no test figure",
+            "This run was recorded before headstart kept test figures: its val accuracy chose the best epoch, so it "
+            "is optimistic. Train again with a test split (--test-fraction F, --val-as-test or a test/ folder) for a "
+            "figure nothing was selected on.")
+
+
+def imbalance_note(run: dict) -> str:
+    if run.get("selected_on") != "val_balanced_accuracy":
+        return ""
+    counts = run.get("class_counts") or {}
+    shown = ", ".join(f"{c} {n}" for c, n in counts.items())
+    how = {"weighted": "a class-weighted loss", "sampler": "class-balanced batches", "none": "nothing (--balance none)"}
+    return (f'<p class="note">The training classes are imbalanced ({escape(shown)}): the best epoch was chosen on val '
+            f"balanced accuracy, which plain accuracy would flatter by favouring the large classes, and training "
+            f"countered the imbalance with {how.get(run.get('balance'), run.get('balance'))}.</p>")
+
+
 def run_html(run_dir: Path) -> str:
     run = read_run(run_dir)
     config = json.loads((run_dir / CONFIG_FILE).read_text())
@@ -302,26 +361,32 @@ def run_html(run_dir: Path) -> str:
     name = run["strategy"]
     diagram = diagram_or_note([diagram_row(config)])
     curves = png_file_uri(lambda buf: plot_curves(history, buf, f"{run['model']} · {name}"))
-    confusion = png_file_uri(lambda buf: plot_confusion(run["val_metrics"]["confusion_matrix"], run["classes"], buf,
-                                                        f"val accuracy {run['val_metrics']['accuracy']:.3f}"))
+    shown, role = (run["test_metrics"], "test") if run.get("test_metrics") else (run["val_metrics"], "val")
+    confusion = png_file_uri(lambda buf: plot_confusion(shown["confusion_matrix"], run["classes"], buf,
+                                                        f"{role} accuracy {shown['accuracy']:.3f}"))
     verdict = ("it overfits: consider stronger augmentation, fewer trainable layers or more images" if gap > 0.1
                else "train and val agree: little overfitting")
+    headline, small = run_figures(run)
+    n_test = f" / {run['n_test']} test" if run.get("n_test") else ""
     body = [
         f"<h1>{escape(name)} on {escape(data_name(config.get('data')))}</h1>",
-        f'<div class="winner"><p class="big">val accuracy {pct(run["best_val_accuracy"])} (epoch {run["best_epoch"]} '
-        f'of {run["epochs"]})</p><p>Trains {escape(what_trains(Strategy.from_dict(config["strategy"])))}. Last epoch: train '
+        f'<div class="winner"><p class="big">{escape(headline)}</p><p>Trains '
+        f'{escape(what_trains(Strategy.from_dict(config["strategy"])))}. Last epoch: train '
         f'{pct(last["train_accuracy"])}, val {pct(last["val_accuracy"])}, a {pts(gap)} gap: {verdict}.'
-        f'{" Interrupted: this is the best checkpoint so far." if run.get("interrupted") else ""}</p></div>',
+        f'{" Interrupted: this is the best checkpoint so far." if run.get("interrupted") else ""}</p>'
+        f'<p class="evidence" id="evidence"><small>{escape(small)}</small></p></div>',
+        imbalance_note(run),
         f'<p class="setup">{escape(run["model"])} at {run["image_size"]}px · {run["n_train"]} train / {run["n_val"]} '
-        f'val images · {escape(", ".join(run["classes"]))} · {human(run["trainable_params_max"])} of '
+        f'val{n_test} images · {escape(", ".join(run["classes"]))} · {human(run["trainable_params_max"])} of '
         f'{human(run["total_params"])} parameters train · {run["train_seconds"]:.0f} s · seed {run["seed"]}</p>',
         "<h2>Learning curves</h2>", img(curves, "learning curves"),
         "<h2>What trains</h2>", diagram,
-        "<h2>Confusion matrix</h2>", f'<div class="cms"><figure>{img(confusion, "confusion matrix")}</figure></div>',
+        f"<h2>Confusion matrix ({role})</h2>", f'<div class="cms"><figure>{img(confusion, "confusion matrix")}</figure></div>',
         "<h2>Val predictions</h2>", grid_html(read_grid(run_dir)),
-        "<h2>Reproduce</h2>", reproduce_html(config.get("command"), run.get("environment")),
+        "<h2>Reproduce</h2>", reproduce_html(config.get("command"), run.get("environment"),
+                                             f"Roles: {escape(run.get('roles') or config.get('roles') or 'not recorded')}. "),
     ]
-    return page(f"headstart: {name} {pct(run['best_val_accuracy'])}", "\n".join(body))
+    return page(f"headstart: {name} · {headline}", "\n".join(body))
 
 
 def write_run_report(run_dir: str | Path) -> Path:

@@ -1,7 +1,8 @@
 """The comparison as text (report.md), for terminals and notebooks, and the findings both reports share.
 
-`findings(summary)` turns the numbers of summary.json into plain sentences: who won and by how much,
-then why, in words a newcomer can follow. Every sentence is computed from the summary; none is canned.
+`findings(summary)` turns the numbers of summary.json into plain sentences: the verdict (a winner, a tie and the
+cheapest of it, or nothing above chance), then why, in words a newcomer can follow. Every figure they quote is
+a test figure (images nothing was selected on); every sentence is computed from the summary; none is canned.
 """
 
 from __future__ import annotations
@@ -21,77 +22,110 @@ def pts(x: float) -> str:
 
 
 def headline(summary: dict) -> str:
-    table, winner = summary["strategies"], summary["winner"]
-    w = table[winner]
-    seeds = w["n_seeds"]
-    spread = f" ± {pct(w['val_accuracy_std'])}" if seeds > 1 else ""
-    text = (f"{winner} wins with {pct(w['val_accuracy_mean'])}{spread} mean val accuracy over {seeds} "
-            f"seed{'s' if seeds > 1 else ''}")
-    if "runner_up" in summary:
-        text += f", {pts(summary['margin'])} ahead of {summary['runner_up']}"
-        if summary.get("margin_exceeds_spread") is False:
-            text += " (less than the seed-to-seed spread: treat the two as tied)"
-        elif seeds == 1 and summary["margin"] < 0.02:
-            text += " (one seed only: a difference this small may be noise; run more seeds)"
-    return text + "."
+    """The verdict, as stats.verdict put it: who wins, or which strategies are tied and which of them is the
+    cheapest, or that nothing beats chance; always on the test images."""
+    sentence = summary["sentence"]
+    return sentence[0].upper() + sentence[1:] + "."
+
+
+def test_of(summary: dict, name: str) -> float:
+    return summary["strategies"][name]["test"]["estimate"]
+
+
+def difference(summary: dict, a: str, b: str) -> tuple[float, dict | None]:
+    """test(a) − test(b), with the verdict's paired interval when one of them is the best strategy."""
+    differences = summary["verdict"]["differences"]
+    if a == summary["best"] and b in differences:
+        return differences[b]["difference"], differences[b]
+    if b == summary["best"] and a in differences:
+        d = differences[a]
+        return -d["difference"], {**d, "difference": -d["difference"], "low": -d["high"], "high": -d["low"]}
+    return test_of(summary, a) - test_of(summary, b), None
+
+
+def _interval_phrase(d: dict | None) -> str:
+    return f" (95% interval {pts(d['low'])} to {pts(d['high'])})" if d else ""
 
 
 def findings(summary: dict) -> list[str]:
-    """The headline, then the reasons, each one sentence computed from the summary's numbers."""
-    table, winner = summary["strategies"], summary["winner"]
-    w = table[winner]
+    """The verdict, then the reasons, each one sentence computed from the summary's test figures."""
+    table, best = summary["strategies"], summary["best"]
+    metric = summary["metric"].replace("_", " ")
     n_train = summary.get("setup", {}).get("n_train")
     images = f"{n_train} training images" if n_train else "the same training images"
     out = [headline(summary)]
-    if "scratch" in table and winner != "scratch" and w["pretrained"]:
+    if not set(summary["verdict"]["above_chance"]):
+        return out + [f"Every strategy's test {metric} interval reaches down to chance ({pct(summary['chance'])}): "
+                      "whatever the val figures say, nothing here has learned something that carries to new images."]
+    pretrained = [s for s in table if table[s]["pretrained"]]
+    top = max(pretrained, key=lambda s: test_of(summary, s)) if pretrained else None
+    if "scratch" in table and top is not None:
         s = table["scratch"]
-        diff = w["val_accuracy_mean"] - s["val_accuracy_mean"]
+        diff, d = difference(summary, top, "scratch")
         scratch_numbers = (f"scratch reaches {pct(s['final_train_accuracy_mean'])} on its own training images and "
-                           f"{pct(s['val_accuracy_mean'])} on val")
+                           f"{pct(test_of(summary, 'scratch'))} on the test images")
         if diff >= 0.10:
-            reason = (f"Starting from ImageNet weights is what makes the difference: {winner} beats training from "
-                      f"scratch by {pts(diff)} on {images}")
+            reason = (f"Starting from ImageNet weights is what makes the difference: {top} beats training from "
+                      f"scratch by {pts(diff)}{_interval_phrase(d)} on {images}")
             if s["gap_mean"] > 0.15 and s["final_train_accuracy_mean"] > 0.75:
                 reason += (f"; scratch fits its training images ({pct(s['final_train_accuracy_mean'])}) far better than "
-                           f"new ones ({pct(s['val_accuracy_mean'])}), a {pts(s['gap_mean'])} gap: it memorises instead "
-                           "of learning features that carry over.")
+                           f"new ones ({pct(test_of(summary, 'scratch'))}), a {pts(s['gap_mean'])} gap to val: it "
+                           "memorises instead of learning features that carry over.")
             else:
                 reason += f"; from random weights they are too few to learn visual features: {scratch_numbers}."
         elif diff >= 0.02:
-            reason = f"Pretrained weights help: {winner} beats training from scratch by {pts(diff)} ({scratch_numbers})."
-        else:
+            reason = (f"Pretrained weights help: {top} beats training from scratch by {pts(diff)}{_interval_phrase(d)} "
+                      f"({scratch_numbers}).")
+        elif diff >= 0:
             reason = (f"These classes are easy even from random weights ({scratch_numbers}, {pts(diff)} behind); "
-                      f"what pretraining buys here is time: {w['wall_seconds_mean']:.0f} s for {winner} against "
+                      f"what pretraining buys here is time: {table[top]['wall_seconds_mean']:.0f} s for {top} against "
                       f"{s['wall_seconds_mean']:.0f} s for scratch.")
-        out.append(reason)
-    elif winner == "scratch":
-        out.append("Training from scratch won: these images may be far from ImageNet's photos, or the pretrained "
-                   "strategies need more epochs or another learning rate.")
-    if "linear" in table and winner not in ("linear", "scratch"):
-        lin = table["linear"]
-        diff = w["val_accuracy_mean"] - lin["val_accuracy_mean"]
-        noise = max(w["val_accuracy_std"], lin["val_accuracy_std"], 0.01)
-        trains = w.get("trains", winner)
-        if diff > noise:
-            out.append(f"Training {trains} adds {pts(diff)} over frozen features (linear, "
-                       f"{pct(lin['val_accuracy_mean'])}): the top layers adapt to this data.")
         else:
-            out.append(f"Training {trains} is barely better than frozen features (linear, "
-                       f"{pct(lin['val_accuracy_mean'])}, {pts(diff)} behind, within the noise): on these images "
-                       "the ImageNet features already do most of the work.")
-    elif winner == "linear":
-        others = [s for s in table if s not in ("linear", "scratch")]
+            reason = ""
+        if reason:
+            out.append(reason)
+    if best == "scratch":
+        out.append("Training from scratch scored best: these images may be far from ImageNet's photos, or the "
+                   "pretrained strategies need more epochs or another learning rate.")
+    if "linear" in table and top not in (None, "linear"):
+        diff, d = difference(summary, top, "linear")
+        trains = table[top].get("trains", top)
+        clear = d is not None and d["low"] > 0
+        if clear:
+            out.append(f"Training {trains} adds {pts(diff)}{_interval_phrase(d)} over frozen features (linear, "
+                       f"{pct(test_of(summary, 'linear'))}): the top layers adapt to this data.")
+        else:
+            out.append(f"Training {trains} is not clearly better than frozen features (linear, "
+                       f"{pct(test_of(summary, 'linear'))}, {pts(diff)} behind{_interval_phrase(d)}): on these "
+                       "images the ImageNet features already do most of the work.")
+    elif top == "linear":
+        others = [s for s in pretrained if s != "linear"]
         if others:
-            best = max(others, key=lambda s: table[s]["val_accuracy_mean"])
-            out.append(f"Frozen ImageNet features were enough: training more of the network ({best}, "
-                       f"{pct(table[best]['val_accuracy_mean'])}) did not beat them on {images}.")
-    pretrained = [s for s in table if table[s]["pretrained"]]
+            runner = max(others, key=lambda s: test_of(summary, s))
+            out.append(f"Frozen ImageNet features were enough: training more of the network ({runner}, "
+                       f"{pct(test_of(summary, runner))}) did not beat them on {images}.")
     if len(pretrained) > 1:
         worst = max(pretrained, key=lambda s: table[s]["gap_mean"])
         if table[worst]["gap_mean"] > 0.03:
-            out.append(f"Most overfitting among pretrained strategies: {worst} (train {pct(table[worst]['final_train_accuracy_mean'])}"
-                       f" vs val {pct(table[worst]['val_accuracy_mean'])} in the last epoch).")
+            out.append(f"Most overfitting among pretrained strategies: {worst} (train "
+                       f"{pct(table[worst]['final_train_accuracy_mean'])} vs val "
+                       f"{pct(table[worst]['final_train_accuracy_mean'] - table[worst]['gap_mean'])} in the last epoch).")
     return out
+
+
+def evidence(summary: dict) -> str:
+    """What was selected on what, for the small print under the table."""
+    setup = summary.get("setup", {})
+    note = setup.get("evidence", "")
+    metric = summary["metric"].replace("_", " ")
+    why = (f" The figures are {metric}: the {'training' if _train_imbalanced(summary) else 'test'} classes are "
+           "imbalanced, and plain accuracy would reward leaning toward the large ones."
+           if summary["metric"] == "balanced_accuracy" else "")
+    return (note[0].upper() + note[1:] + "." if note else "") + why
+
+
+def _train_imbalanced(summary: dict) -> bool:
+    return summary.get("selected_on") == "val_balanced_accuracy"
 
 
 def data_name(source: str | None) -> str:
@@ -105,38 +139,53 @@ def data_name(source: str | None) -> str:
 
 
 def results_rows(summary: dict) -> list[dict]:
-    """The accuracy table as records, best strategy first (shared by report.md and report.html)."""
+    """The accuracy table as records, best test figure first (shared by report.md, report.html and the CLI)."""
     rows = []
     for name in summary["ranking"]:
         s = summary["strategies"][name]
         rows.append({
             "strategy": name, "trains": s.get("trains", s["description"]),
-            "val": s["val_accuracy_mean"], "val_std": s["val_accuracy_std"],
+            "test": s["test"]["estimate"], "low": s["test"]["low"], "high": s["test"]["high"],
+            "per_seed": s["test_per_seed"], "val_best": s["val_accuracy_best_mean"],
             "train": s["final_train_accuracy_mean"], "gap": s["gap_mean"], "gap_std": s["gap_std"],
             "params": s["trainable_params_mean"], "seconds": s["wall_seconds_mean"],
-            "per_seed": [r["val_accuracy"] for r in s["runs"]], "winner": name == summary["winner"],
+            "winner": name == summary["winner"], "recommended": name == summary["recommended"],
+            "tied": name in summary["tied"],
         })
     return rows
 
 
+def badge(row: dict) -> str:
+    """What the verdict says of a strategy, in a word: winner, recommended (cheapest of the tied), tied."""
+    return "winner" if row["winner"] else "recommended" if row["recommended"] else "tied" if row["tied"] else ""
+
+
 def compare_markdown(summary: dict) -> str:
     setup = summary["setup"]
+    metric = summary["metric"].replace("_", " ")
+    runs = "folds" if setup.get("folds") else "seed"
     lines = [f"# Which fine-tuning strategy works on {data_name(setup['data'])}?", ""]
     lines += [f"**{findings(summary)[0]}**", ""] + [f"- {f}" for f in findings(summary)[1:]] + [""]
-    lines += [f"Data: {setup['data']}. {setup['model']} at {setup['image_size']}px · {setup['n_train']} train / {setup['n_val']} val images · "
+    sizes = (f"{setup['n_test']} images in {setup['folds']} folds" if setup.get("folds") else
+             f"{setup['n_train']} train / {setup['n_val']} val / {setup['n_test']} test images")
+    lines += [f"Data: {setup['data']}. {setup['model']} at {setup['image_size']}px · {sizes} · "
               f"classes {', '.join(setup['classes'])} · {setup['epochs']} epochs · augmentation `{setup['augment']}` "
               f"for every strategy · seeds {', '.join(map(str, setup['seeds']))}", ""]
-    lines += ["| strategy | what trains | val accuracy (mean ± std) | per seed | train acc | gap (train − val) | "
-              "trainable params | seconds |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| strategy | what trains | test {metric} (95% interval) | per {runs.rstrip('s')} | "
+              "val accuracy (best epoch, selected on) | train acc | gap (train − val) | trainable params | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results_rows(summary):
-        name = f"**{r['strategy']}**" if r["winner"] else r["strategy"]
-        spread = f" ± {pct(r['val_std'])}" if len(r["per_seed"]) > 1 else ""
-        lines.append(f"| {name} | {r['trains']} | {pct(r['val'])}{spread} | "
-                     f"{' '.join(f'{v:.3f}' for v in r['per_seed'])} | {pct(r['train'])} | {pts(r['gap'])} | "
-                     f"{human(r['params'])} | {r['seconds']:.0f} |")
-    lines += ["", "Val accuracy: the best epoch's (its weights are the ones kept). Train accuracy and the gap: the "
-              "last epoch's. Std: over seeds (n − 1). Seconds: training time, decoding excluded; a frozen prefix whose "
-              "features an earlier run on the same images cached costs nothing here.", "", "## Reproduce", "", "```",
+        mark = badge(r)
+        name = f"**{r['strategy']}**" if r["winner"] or r["recommended"] else r["strategy"]
+        lines.append(f"| {name}{f' ({mark})' if mark else ''} | {r['trains']} | {pct(r['test'])} "
+                     f"({pct(r['low'])}–{pct(r['high'])}) | {' '.join(f'{v:.3f}' for v in r['per_seed'])} | "
+                     f"{pct(r['val_best'])} | {pct(r['train'])} | {pts(r['gap'])} | {human(r['params'])} | "
+                     f"{r['seconds']:.0f} |")
+    lines += ["", f"<small>{evidence(summary)} Intervals: 95%, over the test images and the seeds (stats.py). "
+              "Val accuracy is the best epoch's on the images that chose it, so it flatters; train accuracy and the "
+              "gap are the last epoch's. Seconds: training time, decoding excluded; a frozen prefix whose features "
+              "an earlier run on the same images cached costs nothing here.</small>", "",
+              f"Roles: {setup.get('roles', '')}", "", "## Reproduce", "", "```",
               setup.get("command") or "(run from the Python API)", "```", ""]
     env = setup.get("environment") or {}
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in env.items()))
