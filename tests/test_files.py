@@ -209,8 +209,6 @@ def test_taking_a_folder_removes_what_killed_writers_left_in_it(tmp_path, childr
         assert not temp.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="api.train does not take run_folder_lock yet (see the storage branch's report: "
-                                       "the lines to add to api.py and compare.py)")
 def test_second_train_into_a_held_run_folder_stops_with_exit_2(image_folder, tmp_path, children):
     from headstart.cli import app
 
@@ -223,3 +221,15 @@ def test_second_train_into_a_held_run_folder_stops_with_exit_2(image_folder, tmp
     assert (f"is in use by another headstart process (pid {holder.pid}); wait for it or use another --out"
             in " ".join(result.output.split()))
     assert not (out / "model.safetensors").exists()  # it stopped before writing anything
+
+
+def test_a_comparison_into_a_held_folder_stops_before_training(image_folder, tmp_path):
+    from headstart.api import TrainConfig, compare
+    from headstart.errors import HeadstartError
+    from headstart.runs import run_folder_lock
+
+    with run_folder_lock(tmp_path / "cmp"):  # another headstart process holds it
+        with pytest.raises(HeadstartError, match="in use by another headstart process"):
+            compare(image_folder, ["linear"], [0], tmp_path / "cmp", TrainConfig(model="test_efficientnet"),
+                    val_as_test=True)
+    assert not (tmp_path / "cmp" / "runs").exists()

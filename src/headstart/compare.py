@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from headstart.evaluate import classification_metrics
 from headstart.pipeline import train as train_run
 from headstart.runs import (
     CONFIG_FILE, HISTORY_FILE, RUN_FILE, SUMMARY_FILE, cell_dir, read_history, read_run, read_test_predictions,
-    write_json,
+    run_folder_lock, write_json,
 )
 from headstart.stats import Cost, RunPredictions, choose_metric, verdict
 from headstart.strategies import Strategy, parse_label, strategy_for_label, what_trains
@@ -164,47 +165,47 @@ def compare(
     # same finished runs when they decide what is left to do
     first = engine.start(base.device, base.devices).is_global_zero
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    fold_ids = list(range(1, folds + 1)) if folds else [None]
-    identities = {k: data_identity(fold_splits[i], per_class, data_seed) for i, k in enumerate(fold_ids)}
-    # seed-major: each finished seed is a full comparison
-    cells = [(s, seed, k) for seed in seeds for k in fold_ids for s in strategies]
-    todo = [(s, seed, k) for s, seed, k in cells
-            if not is_finished(cell_dir(out, s, seed, k), run_config(base, s, seed, epochs, augment), identities[k])]
-    splits = fold_splits[0]
-    folds_note = f" × {folds} folds" if folds else ""
-    sizes = (f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images" if not folds else
-             f"{sum(len(f.test) for f in fold_splits)} images, each tested once per seed")
-    info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds{folds_note} = {len(cells)} runs, "
-         f"{len(cells) - len(todo)} already finished · {epochs} epochs · augment {augment} · {sizes}")
-    for i, (strategy, seed, k) in enumerate(todo, 1):
-        info(f"[bold]run {i}/{len(todo)}: {strategy}, seed {seed}{f', fold {k}' if k else ''}[/]")
-        cfg = run_config(base, strategy, seed, epochs, augment)
-        run = train_run(fold_splits[fold_ids.index(k)], cfg, cell_dir(out, strategy, seed, k), per_class=per_class,
-                        data_seed=data_seed, command=command)
-        if run is None:  # an extra process: the first one writes the run
-            continue
-        if run.get("interrupted"):
-            info(f"interrupted: {len(todo) - i + 1} runs left; run the same command again to finish them")
-            raise KeyboardInterrupt
-    if not first:
-        return None
-    summary = summarize(out, strategies, seeds, folds=folds, num_classes=len(splits.classes))
-    summary["setup"] = {"data": splits.source, "classes": splits.classes, "n_train": len(splits.train),
-                        "n_val": len(splits.val), "n_test": summary["n_test"], "per_class": per_class,
-                        "val_per_class": val_per_class, "test_fraction": test_fraction, "val_as_test": val_as_test,
-                        "folds": folds, "roles": splits.roles if not folds else _folds_roles(splits.roles, folds),
-                        "evidence": evidence_note(fold_splits, folds, summary["n_test"], summary["selected_on"]),
-                        "data_seed": data_seed, "model": base.model, "image_size": summary.pop("image_size"),
-                        "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": list(strategies),
-                        "command": command, "environment": summary.pop("environment")}
-    write_json(out / SUMMARY_FILE, summary)
-    if report:
-        html_path = write_compare_report(out, summary)
-        write_compare_markdown(out, summary)
-        info(f"report: {html_path}")
-    return summary
+    # one process writes into a comparison folder: a second compare --out into it stops at once, naming the first
+    with run_folder_lock(out) if first else nullcontext():
+        fold_ids = list(range(1, folds + 1)) if folds else [None]
+        identities = {k: data_identity(fold_splits[i], per_class, data_seed) for i, k in enumerate(fold_ids)}
+        # seed-major: each finished seed is a full comparison
+        cells = [(s, seed, k) for seed in seeds for k in fold_ids for s in strategies]
+        todo = [(s, seed, k) for s, seed, k in cells
+                if not is_finished(cell_dir(out, s, seed, k), run_config(base, s, seed, epochs, augment), identities[k])]
+        splits = fold_splits[0]
+        folds_note = f" × {folds} folds" if folds else ""
+        sizes = (f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images" if not folds else
+                 f"{sum(len(f.test) for f in fold_splits)} images, each tested once per seed")
+        info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds{folds_note} = {len(cells)} runs, "
+             f"{len(cells) - len(todo)} already finished · {epochs} epochs · augment {augment} · {sizes}")
+        for i, (strategy, seed, k) in enumerate(todo, 1):
+            info(f"[bold]run {i}/{len(todo)}: {strategy}, seed {seed}{f', fold {k}' if k else ''}[/]")
+            cfg = run_config(base, strategy, seed, epochs, augment)
+            run = train_run(fold_splits[fold_ids.index(k)], cfg, cell_dir(out, strategy, seed, k), per_class=per_class,
+                            data_seed=data_seed, command=command)
+            if run is None:  # an extra process: the first one writes the run
+                continue
+            if run.get("interrupted"):
+                info(f"interrupted: {len(todo) - i + 1} runs left; run the same command again to finish them")
+                raise KeyboardInterrupt
+        if not first:
+            return None
+        summary = summarize(out, strategies, seeds, folds=folds, num_classes=len(splits.classes))
+        summary["setup"] = {"data": splits.source, "classes": splits.classes, "n_train": len(splits.train),
+                            "n_val": len(splits.val), "n_test": summary["n_test"], "per_class": per_class,
+                            "val_per_class": val_per_class, "test_fraction": test_fraction, "val_as_test": val_as_test,
+                            "folds": folds, "roles": splits.roles if not folds else _folds_roles(splits.roles, folds),
+                            "evidence": evidence_note(fold_splits, folds, summary["n_test"], summary["selected_on"]),
+                            "data_seed": data_seed, "model": base.model, "image_size": summary.pop("image_size"),
+                            "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": list(strategies),
+                            "command": command, "environment": summary.pop("environment")}
+        write_json(out / SUMMARY_FILE, summary)
+        if report:
+            html_path = write_compare_report(out, summary)
+            write_compare_markdown(out, summary)
+            info(f"report: {html_path}")
+        return summary
 
 
 def experiment_splits(data: str | Path | DataSplits, folds: int | None, *, val_fraction: float, data_seed: int,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from headstart.evaluate import classification_metrics
 from headstart.report.html import write_grid, write_run_report
 from headstart.report.plots import plot_confusion, plot_curves, plot_forgetting
 from headstart.runs import (
-    HISTORY_FILE, RUN_FILE, TEST_PREDICTIONS_FILE, load_resume_point, plain, remove_resume_point, save_checkpoint,
+    HISTORY_FILE, RUN_FILE, TEST_PREDICTIONS_FILE, load_resume_point, plain, remove_resume_point, run_folder_lock,
+    save_checkpoint,
     save_resume_point, write_history, write_json, write_seen_images, write_test_predictions,
 )
 from headstart.stats import RunPredictions, headline_metric, metric_interval
@@ -125,9 +127,15 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
     warn_skipped(splits.skipped, "non-image files")
     preflight(splits)  # the fast part of `headstart check` (counts, imbalance, duplicates, leakage)
     out = Path(out or Path("runs") / f"{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if first:
-        out.mkdir(parents=True, exist_ok=True)
+    # one process writes into a run directory: a second `train --out` into it stops at once, naming the first
+    with run_folder_lock(out) if first else nullcontext():
+        return train_into(out, splits, strategy, cfg, fabric, per_class=per_class, data_seed=data_seed, command=command)
 
+
+def train_into(out: Path, splits: DataSplits, strategy: Strategy, cfg: TrainConfig, fabric, *, per_class: int | None,
+               data_seed: int, command: str | None) -> dict | None:
+    """`train` after the data is resolved and `out` is held: build, fit, and write the run directory."""
+    first = fabric.is_global_zero
     model = build_model(cfg, strategy, len(splits.classes))
     with fabric.rank_zero_first():  # the first process decodes into the cache, the others read what it wrote
         train_split = decode_split(splits.train, model, cfg, "train")
