@@ -53,11 +53,17 @@ def split_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+# Options several commands share, defined once so they read and behave the same everywhere
+MODEL_OPTION = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME.")
+PER_CLASS_OPTION = typer.Option(None, help="Subsample training data to N images per class.")
+CLASSES_OPTION = typer.Option(None, help="Comma-separated subset of classes.")
+MEASURE_SIZE_OPTION = typer.Option(None, help="Working resolution (default: what train would use).")
+
 @app.command()
 @friendly_errors
 def train(
     data: str = typer.Argument(..., help=DATA_HELP),
-    model: str = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME."),
+    model: str = MODEL_OPTION,
     strategy: str = typer.Option("linear", help="scratch | linear | partial | full | gradual | lp-ft"),
     out: Path = typer.Option(None, help="Run directory (default runs/<strategy>-<time>)."),
     epochs: int = typer.Option(None, help="Epochs (default: the strategy's)."),
@@ -80,8 +86,8 @@ def train(
     image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
     weights: Path = typer.Option(None, help="State dict file to start from instead of the default weights."),
     val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
-    classes: str = typer.Option(None, help="Comma-separated subset of classes."),
-    per_class: int = typer.Option(None, help="Subsample training data to N images per class."),
+    classes: str = CLASSES_OPTION,
+    per_class: int = PER_CLASS_OPTION,
     val_per_class: int = typer.Option(None, help="Validate on at most N images per class (drawn with --data-seed)."),
     test_fraction: float = typer.Option(0.0, help=TEST_FRACTION_HELP),
     val_as_test: bool = typer.Option(False, "--val-as-test", help=VAL_AS_TEST_HELP),
@@ -146,7 +152,7 @@ def compare(
     per_class: int = typer.Option(None, help="Subsample training data to N images per class (one draw for all runs)."),
     val_per_class: int = typer.Option(None, help="Validate on at most N images per class (drawn with --data-seed): "
                                                  "a cheaper selection, the test figures untouched."),
-    classes: str = typer.Option(None, help="Comma-separated subset of classes."),
+    classes: str = CLASSES_OPTION,
     val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
     test_fraction: float = typer.Option(0.0, help=TEST_FRACTION_HELP),
     val_as_test: bool = typer.Option(False, "--val-as-test", help=VAL_AS_TEST_HELP),
@@ -396,10 +402,10 @@ def check(
 @friendly_errors
 def probe(
     data: str = typer.Argument(..., help=DATA_HELP),
-    model: str = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME."),
-    image_size: int = typer.Option(None, help="Working resolution (default: what train would use)."),
-    per_class: int = typer.Option(None, help="Subsample training data to N images per class."),
-    classes: str = typer.Option(None, help="Comma-separated subset of classes."),
+    model: str = MODEL_OPTION,
+    image_size: int = MEASURE_SIZE_OPTION,
+    per_class: int = PER_CLASS_OPTION,
+    classes: str = CLASSES_OPTION,
     val_fraction: float = typer.Option(0.2),
     seed: int = typer.Option(0),
     weights: Path = typer.Option(None, help="State dict file instead of the default weights."),
@@ -441,10 +447,10 @@ def probe(
 @friendly_errors
 def recommend(
     data: str = typer.Argument(..., help=DATA_HELP),
-    model: str = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME."),
-    per_class: int = typer.Option(None, help="Subsample training data to N images per class."),
-    classes: str = typer.Option(None, help="Comma-separated subset of classes."),
-    image_size: int = typer.Option(None, help="Working resolution (default: what train would use)."),
+    model: str = MODEL_OPTION,
+    per_class: int = PER_CLASS_OPTION,
+    classes: str = CLASSES_OPTION,
+    image_size: int = MEASURE_SIZE_OPTION,
     val_fraction: float = typer.Option(0.2),
     seed: int = typer.Option(0),
     verify: bool = typer.Option(False, "--verify", help="Train the pick and the runner-up briefly; say whether the pick held."),
