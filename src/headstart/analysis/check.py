@@ -356,6 +356,10 @@ def _near_pair_problems(refs: list, pairs: list[tuple[int, int, int]], classes: 
     def where(i: int) -> str:
         return f"{refs[i][0]}:{refs[i][1]}"
 
+    def example(ps: list) -> str:  # the closest pair of a kind
+        i, j, _ = ps[0]
+        return f"{where(i)} ~ {where(j)}"
+
     problems = []
     if conflict:
         i, j, _ = conflict[0]
@@ -367,19 +371,17 @@ def _near_pair_problems(refs: list, pairs: list[tuple[int, int, int]], classes: 
             "look at each pair: if it is one picture, decide on one label and delete the other copy", names(conflict)))
     if leak:
         val_copies = len({i for p in leak for i in p[:2] if refs[i][0] == "val"})
-        i, j, _ = leak[0]
-        problems.append(Problem(
-            "near-duplicate-leakage", "warning",
-            f"{plural(val_copies, 'val image')} {'has' if val_copies == 1 else 'have'} a near-identical image in train "
-            f"({plural(len(leak), 'pair')}), e.g. {where(i)} ~ {where(j)}: val accuracy is inflated",
-            "delete the val copies (or move them all to one split)", names(leak)))
+        have = "has" if val_copies == 1 else "have"
+        message = (f"{plural(val_copies, 'val image')} {have} a near-identical image in train ({plural(len(leak), 'pair')}), "
+                   f"e.g. {example(leak)}: val accuracy is inflated")
+        problems.append(Problem("near-duplicate-leakage", "warning", message,
+                                "delete the val copies (or move them all to one split)", names(leak)))
     if repeat:
-        i, j, _ = repeat[0]
-        problems.append(Problem(
-            "near-duplicate", "info",
-            f"{plural(len(repeat), 'pair')} of near-identical images within a split "
-            f"({plural(len(names(repeat)), 'image')}), e.g. {where(i)} ~ {where(j)}",
-            "keep one of each: copies count the same image twice in training and in the score", names(repeat)))
+        message = (f"{plural(len(repeat), 'pair')} of near-identical images within a split "
+                   f"({plural(len(names(repeat)), 'image')}), e.g. {example(repeat)}")
+        problems.append(Problem("near-duplicate", "info", message,
+                                "keep one of each: copies count the same image twice in training and in the score",
+                                names(repeat)))
     return problems
 
 
