@@ -176,12 +176,11 @@ def write_test_predictions(run_dir: Path, image_ids: list[str], y_true: list[int
     """One row per test image: its id (the ref relative to the data source), true and predicted class index.
     What `compare` pairs strategies on (the same image ids in every run)."""
     path = Path(run_dir) / TEST_PREDICTIONS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "true", "predicted"])
-        writer.writerows(zip(image_ids, y_true, y_pred))
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["image", "true", "predicted"])
+    writer.writerows(zip(image_ids, y_true, y_pred))
+    atomic_write_text(path, text.getvalue())
     return path
 
 
