@@ -76,6 +76,8 @@ def train(
     weight_decay: float = typer.Option(0.01),
     label_smoothing: float = typer.Option(0.1),
     warmup_epochs: float = typer.Option(1.0),
+    unfreeze_warmup_epochs: float = typer.Option(0.0, help="gradual, lp-ft: warm a group that unfreezes mid-run up "
+                                                           "again from 1% of its LR over this many epochs."),
     augment: str = typer.Option(None, help="none | light | strong (default: the strategy's)."),
     views: int = typer.Option(None, help="With augmentation and a frozen prefix (linear, partial): cache the prefix's "
                                          "output for this many augmented views per image instead of recomputing it "
@@ -116,7 +118,8 @@ def train(
 
     cfg = TrainConfig(model=model, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr,
                       lr_decay=lr_decay, train_last=train_last, optimizer=optimizer, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, views=views,
+                      label_smoothing=label_smoothing, warmup_epochs=warmup_epochs,
+                      unfreeze_warmup_epochs=unfreeze_warmup_epochs, augment=augment, views=views,
                       patience=patience or None, seed=seed, image_size=image_size,
                       weights=str(weights) if weights else None, cache_dir=str(cache_dir) if cache_dir else None,
                       use_cache=not no_cache, device=device, devices=devices, l2sp=l2sp, monitor_folder=monitor_folder,
