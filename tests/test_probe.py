@@ -105,3 +105,11 @@ def test_probe_on_hymenoptera_rises_with_depth():
     acc = [s.val_accuracy for s in report.stages]
     assert acc[-1] > 0.85 and acc[-1] > acc[0] + 0.15
     assert report.similarity("low") > 0.9  # hymenoptera is a corner of ImageNet
+
+
+def test_the_probe_leaves_the_callers_random_state_alone():
+    # a run's randomness must depend on its own seed only: the probe used to re-seed the global generator
+    x, y = torch.randn(40, 8, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 2
+    before = torch.get_rng_state()
+    linear_probe(x[:30], y[:30], x[30:], y[30:], 2, folds=3)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -181,3 +181,39 @@ def test_balance_recipes():
         resolve_balance("sampler", [10, 2], world_size=2)
     with pytest.raises(HeadstartError, match="--balance must be one of"):
         resolve_balance("oversample", [10, 2])
+
+
+def test_a_runs_randomness_follows_its_own_seed_not_the_global_state(image_folder, tmp_path):
+    import torch
+
+    cfg = TrainConfig(model=TINY, strategy="partial", epochs=2, batch_size=4, augment="light", views=0,
+                      num_workers=0, use_cache=False)
+    histories = []
+    for global_seed in (123, 456):  # whatever the caller did to torch's global generator before
+        torch.manual_seed(global_seed)
+        train(image_folder, cfg, tmp_path / f"g{global_seed}")
+        histories.append([{k: v for k, v in r.items() if k != "seconds"}
+                          for r in csv.DictReader(open(tmp_path / f"g{global_seed}" / "history.csv"))])
+    assert histories[0] == histories[1]
+
+
+def test_the_forgetting_monitor_is_timed_apart_from_training(image_folder, tmp_path, monkeypatch):
+    import headstart.train as train_mod
+
+    clock = [0.0]
+
+    def tick() -> float:  # a fake clock: each reading advances it a millisecond; the monitor "takes" 100 s
+        clock[0] += 0.001
+        return clock[0]
+
+    def monitor(model, epoch) -> dict:
+        clock[0] += 100.0
+        return {"drift_head": 0.0}
+
+    monkeypatch.setattr(train_mod.time, "perf_counter", tick)
+    model = tiny_model()
+    train_split, val_split = splits_for(image_folder, model)
+    result = fit(model, get_strategy("partial"), train_split, val_split, one_step_config(epochs=2), monitor=monitor)
+    assert result.monitor_seconds == pytest.approx(200.0, abs=0.1)
+    assert result.train_seconds < 1.0  # the monitor's 100 s per epoch are not training time
+    assert all(r["monitor_seconds"] == pytest.approx(100.0, abs=0.01) and r["seconds"] < 1.0 for r in result.history)

@@ -147,9 +147,9 @@ def stage_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, l
 
 # ----------------------------------------------------------------------------------------- linear probes
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100) -> nn.Linear:
-    """Multinomial logistic regression on standardised features: full-batch L-BFGS, L2 on the weights."""
-    torch.manual_seed(0)
-    linear = nn.Linear(x.shape[1], num_classes)
+    """Multinomial logistic regression on standardised features: full-batch L-BFGS, L2 on the weights. Zero
+    initialisation: deterministic without touching any random generator."""
+    linear = torch.nn.utils.skip_init(nn.Linear, x.shape[1], num_classes)  # no random init to draw: zeros below
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     opt = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe")
