@@ -7,6 +7,7 @@ never with sleeps, and every wait has a generous bound for a loaded 2-core machi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -40,7 +41,8 @@ class Child:
         self.pid = self.proc.pid
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -74,9 +76,15 @@ class Child:
         return self.proc.wait(timeout=WAIT)
 
     def close(self) -> None:
+        """End it and close both pipes: a pipe left for the garbage collector is a ResourceWarning that pytest
+        pins on whichever later test happens to collect it."""
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=WAIT)
+        self.proc.wait(timeout=WAIT)
+        self.reader.join(timeout=WAIT)  # it ends at the pipe's EOF, now that the child is gone
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):  # (a broken pipe to a dead child has nothing left to flush)
+                pipe.close()
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ torch.optim.AdamW.step = step
 if job["kind"] == "train":
     train(job["data"], TrainConfig(**job["cfg"]), job["out"])
 else:
-    compare(job["data"], job["strategies"], [0], job["out"], TrainConfig(**job["cfg"]))
+    compare(job["data"], job["strategies"], [0], job["out"], TrainConfig(**job["cfg"]), val_as_test=True)
 """
 
 STEPS_PER_EPOCH = 3  # 12 training images in batches of 4
@@ -124,7 +124,7 @@ def test_compare_resumes_a_half_finished_cell_from_its_last_epoch(image_folder, 
     cfg = dict(model=TINY, epochs=4, batch_size=4, patience=None, device="cpu", keep_checkpoints=True)
     strategies = ["linear", "lp-ft"]
     reference = tmp_path / "reference"
-    compare(image_folder, strategies, [0], reference, TrainConfig(**cfg))
+    compare(image_folder, strategies, [0], reference, TrainConfig(**cfg), val_as_test=True)
 
     out = tmp_path / "killed"
     job = {"kind": "compare", "data": str(image_folder), "strategies": strategies, "cfg": cfg, "out": str(out)}
@@ -133,7 +133,7 @@ def test_compare_resumes_a_half_finished_cell_from_its_last_epoch(image_folder, 
     assert (run_dir(out, "linear", 0) / "run.json").is_file() and not (lp_ft / "run.json").exists()
     assert torch.load(lp_ft / RESUME_FILE, weights_only=True)["point"]["epochs_done"] == 3
 
-    summary = compare(image_folder, strategies, [0], out, TrainConfig(**cfg))
+    summary = compare(image_folder, strategies, [0], out, TrainConfig(**cfg), val_as_test=True)
     assert set(summary["strategies"]) == set(strategies)
     for name in strategies:
         assert_same_run(run_dir(out, name, 0), run_dir(reference, name, 0))

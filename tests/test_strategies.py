@@ -169,6 +169,7 @@ def test_train_bn_and_freeze_bn_override_the_strategy_default():
 
 def test_scratch_with_frozen_batchnorm_statistics_is_refused():
     # random-init BatchNorm keeps mean 0 / var 1 if it never learns its statistics: a network that cannot work
+    from headstart.errors import HeadstartError
     from headstart.train import TrainConfig, resolve_strategy
 
     with pytest.raises(HeadstartError, match="random weights.*--freeze-bn"):
