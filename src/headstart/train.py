@@ -220,7 +220,8 @@ def class_weights(counts: list[int]) -> torch.Tensor:
 
 def balanced_sampler(labels: torch.Tensor, counts: list[int], generator: torch.Generator) -> WeightedRandomSampler:
     """Class-balanced batches: each draw picks a class uniformly, then an image of it (with replacement), as many
-    draws per epoch as there are training images. Draws from the run's generator, so a seed repeats them."""
+    draws per epoch as there are training images. Draws from the run's generator, so a seed repeats them.
+    (The epoch's train accuracy is then measured on these balanced draws.)"""
     per_image = (1.0 / torch.tensor(counts, dtype=torch.float64).clamp(min=1))[labels]
     return WeightedRandomSampler(per_image, num_samples=len(labels), replacement=True, generator=generator)
 

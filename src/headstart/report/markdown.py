@@ -44,7 +44,7 @@ def difference(summary: dict, a: str, b: str) -> tuple[float, dict | None]:
 
 
 def _interval_phrase(d: dict | None) -> str:
-    return f" (95% interval {pts(d['low'])} to {pts(d['high'])})" if d else ""
+    return f" (95% interval {100 * d['low']:.1f} to {100 * d['high']:.1f} points)" if d else ""
 
 
 def findings(summary: dict) -> list[str]:
