@@ -33,6 +33,7 @@ from headstart.cache import decode_images, digest
 from headstart.console import info, warn_skipped
 from headstart.data import ImageSet, load_data, subsample_per_class
 from headstart.features import pooled_stage_outputs
+from headstart.files import atomic_path
 from headstart.paths import cache_root
 from headstart.transforms import Preprocessing, suggest_image_size
 
@@ -244,7 +245,8 @@ def probe(data, *, model: str | StagedModel = "efficientnet_lite0", image_size: 
                     kls = bn.kl_per_layer()  # the data's statistics are taken on train images only
         if use_cache and net.pretrained:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"features": split_feats, "labels": split_labels, "kl": kls}, path)
+            with atomic_path(path) as tmp:  # a killed probe never leaves half an entry for the next one to read
+                torch.save({"features": split_feats, "labels": split_labels, "kl": kls}, tmp)
     by_stage: dict[str, list[float]] = {}
     for stage, kl in kls:
         by_stage.setdefault(stage, []).append(kl)
