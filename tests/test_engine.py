@@ -51,7 +51,7 @@ def test_two_processes_train_one_model_on_the_same_schedule_as_one(image_folder,
 def test_a_comparison_runs_every_cell_data_parallel_and_reports_once(image_folder, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "headstart.cli", "compare", str(image_folder), "--model", TINY,
                            "--strategies", "linear,lp-ft", "--seeds", "0", "--epochs", "2", "--batch-size", "4",
-                           "--device", "cpu", "--devices", "2", "--out", str(tmp_path / "cmp"), "--json"],
+                           "--device", "cpu", "--devices", "2", "--out", str(tmp_path / "cmp"), "--val-as-test", "--json"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # one summary on stdout: the extra process prints nothing
