@@ -26,10 +26,10 @@ data:
 # The lesson's experiment in miniature: scratch vs linear vs partial on 3 Fashion-MNIST classes that look alike
 # (t-shirt, pullover, shirt), 500 training images each, one seed. Val (the best epoch) is 300/class of the training
 # images the subsample left unused; the reported figures are on the official t10k test images (1,000/class), which
-# nothing was selected on, with 95% intervals and a verdict. About a minute on 2 quiet CPU cores (2026-11-27, before
-# test scoring added one pass over the 3,000 test images per run). Measured 2026-11-30 on a box shared with other
-# jobs (load ~6, 29 min): test accuracy partial .808 (.794-.822), linear .790 (.776-.805), scratch .616; "partial
-# wins" (partial - linear +1.8 points, 95% interval 0.8 to 2.8). Re-running it reuses the finished runs.
+# nothing was selected on, with 95% intervals and a verdict. Measured 2026-11-30 on 2 CPU cores (load ~3 from other
+# jobs): 115 s wall, training 28 s scratch, 10 s linear, 58 s partial; test accuracy partial .808 (.794-.822), linear
+# .790 (.776-.805), scratch .616 (.597-.634); "partial wins" (partial - linear +1.8 points, 95% interval 0.8 to 2.8).
+# Re-running it reuses the finished runs.
 demo: install data
 	$(HS) compare fashion-mnist --classes t-shirt,pullover,shirt --per-class 500 --strategies scratch,linear,partial \
 	  --seeds 0 --epochs 4 --image-size 48 --views 4 --val-per-class 300 --out runs/demo
