@@ -137,7 +137,7 @@ def _compute(model: StagedModel, pixels: np.ndarray, start: int, pre: Preprocess
     batch_size = batch_size or inference_batch_size(pre.image_size, device)
     n_views = max(views, 1)
     with torch.random.fork_rng(devices=[]):  # seeding the views must not disturb the caller's random state
-        probe = run_prefix(model, _crop(_chunk(pixels, 0, 1), pre, transform, seed, 0, 0).to(device), start, pre)
+        probe = run_prefix(model, _crop(eval_view(pixels[:1]), pre, transform, seed, 0, 0).to(device), start, pre)
         if probe[0].numel() * 4 * len(pixels) * n_views > MAX_CACHE_BYTES:
             return None
         out = torch.empty((n_views, len(pixels), *probe.shape[1:]), dtype=torch.float32)
@@ -145,15 +145,10 @@ def _compute(model: StagedModel, pixels: np.ndarray, start: int, pre: Preprocess
             task = bar.add_task(f"features @ stage {start}", total=len(pixels) * n_views)
             for v in range(n_views):
                 for i in range(0, len(pixels), batch_size):
-                    chunk = _crop(_chunk(pixels, i, batch_size), pre, transform, seed, v, i)
+                    chunk = _crop(eval_view(pixels[i : i + batch_size]), pre, transform, seed, v, i)
                     out[v, i : i + len(chunk)] = run_prefix(model, chunk.to(device, non_blocking=True), start, pre).cpu()
                     bar.advance(task, len(chunk))
     return out if views else out[0]
-
-
-def _chunk(pixels: np.ndarray, i: int, n: int) -> torch.Tensor:
-    """Images i..i+n of the uint8 store as N x 3 x H x W (one copy out of the memory map, no per-pixel Python)."""
-    return torch.from_numpy(np.array(pixels[i : i + n])).permute(0, 3, 1, 2)
 
 
 def _crop(chunk: torch.Tensor, pre: Preprocessing, augment_transform, seed: int, view: int, first: int) -> torch.Tensor:

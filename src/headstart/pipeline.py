@@ -38,8 +38,7 @@ from headstart.report.html import write_grid, write_run_report
 from headstart.report.plots import plot_confusion, plot_curves, plot_forgetting
 from headstart.runs import (
     HISTORY_FILE, RUN_FILE, TEST_PREDICTIONS_FILE, load_resume_point, plain, remove_resume_point, run_folder_lock,
-    save_checkpoint,
-    save_resume_point, write_history, write_json, write_seen_images, write_test_predictions,
+    save_checkpoint, save_resume_point, write_history, write_json, write_seen_images, write_test_predictions,
 )
 from headstart.stats import RunPredictions, headline_metric, metric_interval
 from headstart.strategies import Strategy, describe_strategy
