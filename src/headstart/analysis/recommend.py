@@ -155,8 +155,12 @@ def command(data: str, hp: dict, per_class: int | None, classes: list[str] | Non
 def measure_and_decide(data, *, model: str = "efficientnet_lite0", per_class: int | None = None, classes=None,
               val_fraction: float = 0.2, seed: int = 0, image_size: int | None = None,
               cache_dir=None) -> tuple[Recommendation, DataSplits]:
-    """Check (fast) and probe the data, and decide; also the splits it measured, for a verification run."""
-    splits = load_data(data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class)
+    """Check (fast) and probe the data, and decide; also the splits it measured, for a verification run.
+
+    `data` may be a `DataSplits` already cut (the benchmark hands recommend the very split `compare` trains on, so
+    that the probe sees only the train and val images and never the test images the strategies are scored on)."""
+    splits = data if isinstance(data, DataSplits) else load_data(
+        data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class)
     check = check_splits(splits, deep=False)
     report = probe(splits, model=load_backbone(model), image_size=image_size, seed=seed, cache_dir=cache_dir)
     m = measurements(check, report)
@@ -165,7 +169,7 @@ def measure_and_decide(data, *, model: str = "efficientnet_lite0", per_class: in
     if errors:
         reasons.append(f"first fix the data: {errors[0].message} ({errors[0].fix})")
     hp = hyperparameters(strategy, train_last, m, model)
-    rec = Recommendation(strategy, reasons, hp, RUNNER_UP[strategy], m, command(data, hp, per_class, classes),
+    rec = Recommendation(strategy, reasons, hp, RUNNER_UP[strategy], m, command(splits.source if isinstance(data, DataSplits) else data, hp, per_class, classes),
                          probe=report.to_dict())
     return rec, splits
 

@@ -1,0 +1,365 @@
+"""The recommend benchmark: does `recommend` pick a strategy as well as running every strategy would?
+
+    PYTHONPATH=src .venv/bin/python bench/recommend.py run [--tasks T1,T2] [--size 96] [--epochs 6] [--seeds 0,1]
+    PYTHONPATH=src .venv/bin/python bench/recommend.py table
+
+`run` works through the tasks (a dataset × a training size, `TASKS`). For each it asks `recommend` first (cold,
+timed: what a user would run before deciding), on exactly the train and val images `compare` will use — never the
+test images — and then runs `compare` over `STRATEGIES` × seeds under the evidence protocol (best epoch chosen on
+val; every figure on test images nothing was selected on; the verdict's tied set). One JSON per task goes to
+`bench/results/recommend/<task>.json`. Finished runs are reused by `compare` and finished tasks are skipped, so
+the benchmark can be stopped (Ctrl-C) and resumed with the same command.
+
+`table` reads those JSONs and scores policies by regret: the best strategy's mean test figure minus the policy's
+pick's, in points, and 0 when the pick is in the verdict's tied set (a difference the test images cannot tell
+from zero is not a regret). Policies: recommend as it ships; fixed policies (always linear, partial, full, lp-ft;
+a size-only rule in the style of BiT's HyperRule); a rule tuned on the benchmark, scored leave-one-dataset-out
+(fitted without the dataset it is scored on); and the oracle. It writes `bench/results/recommend/table.json`,
+`decision_table.json` (the lesson's 2 × 2: size × similarity to ImageNet, with the measured winners) and
+`docs/recommend.md`.
+
+The strategy choice is what is benchmarked: every strategy gets the same epochs, image size and augmentation
+(recommend's own hyperparameters, e.g. more epochs for small data, are not used here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "recommend"
+DOCS = HERE.parent / "docs" / "recommend.md"
+SHARED = HERE.parent.parent / "shared" / "data"
+
+STRATEGIES = ("scratch", "linear", "partial:1", "partial", "full", "gradual", "lp-ft")
+SMALL_PER_CLASS = 50  # the lesson's "small dataset" side of the 2 × 2, in training images per class
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark task: a dataset at one training size, judged under one protocol."""
+
+    dataset: str  # a folder under ../shared/data, or a built-in name
+    per_class: int | None  # training images per class (None: all there are)
+    protocol: str  # "val-as-test": the shipped val/ is test; "shipped": the data has a test split; "folds": 5-fold CV
+    classes: tuple[str, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.per_class or 'all'}"
+
+    @property
+    def source(self) -> str:
+        return self.dataset if self.protocol == "shipped" else str(SHARED / self.dataset)
+
+
+FASHION_TOPS = ("t-shirt", "pullover", "coat", "shirt")  # the four classes Fashion-MNIST confuses most
+# (protocol, training sizes): dtd-7 and rsscn7 ship 6 and 5 val images per class, too few to test on, so
+# they are cross-validated; the rest test on their shipped val/ (or Fashion-MNIST's official test set)
+DATASETS: dict[str, tuple[str, tuple[int | None, ...], tuple[str, ...] | None]] = {
+    "hymenoptera": ("val-as-test", (10, 50, None), None),
+    "cifar10-cat-dog-horse": ("val-as-test", (10, 50, 200), None),
+    "fashion-mnist": ("shipped", (10, 50, 200), FASHION_TOPS),
+    "clothing-small": ("val-as-test", (10, None), None),
+    "pacs-sketch": ("val-as-test", (10, 50, None), None),
+    "dtd-7": ("folds", (10, None), None),
+    "fer2013": ("val-as-test", (10, 50, 200), None),
+    "rsscn7": ("folds", (10, None), None),
+    "blood-cells-pbc": ("val-as-test", (10, 50, None), None),
+}
+TASKS = [Task(name, n, protocol, classes) for name, (protocol, sizes, classes) in DATASETS.items() for n in sizes]
+FOLDS = 5
+VAL_PER_CLASS = 50  # selection needs a val set, not a large one: at most 50 per class keeps the runs cheap
+
+
+# --- run --------------------------------------------------------------------------------------------------------
+
+
+def split_arguments(task: Task) -> dict:
+    """The arguments `compare` and `compare.experiment_splits` share for this task."""
+    return {"per_class": task.per_class, "val_per_class": VAL_PER_CLASS, "classes": list(task.classes or []) or None,
+            "val_as_test": task.protocol == "val-as-test", "folds": FOLDS if task.protocol == "folds" else None,
+            "test_fraction": 0.0}
+
+
+def run_task(task: Task, *, size: int, epochs: int, seeds: list[int], work: Path, cache_dir: Path | None) -> dict:
+    """recommend (timed, cold), then compare; the record both leave, as the task's JSON."""
+    from headstart.analysis.recommend import measure_and_decide
+    from headstart.compare import compare, experiment_splits
+    from headstart.train import TrainConfig
+
+    args = split_arguments(task)
+    splits = experiment_splits(task.source, args["folds"], val_fraction=0.2, data_seed=0, classes=args["classes"],
+                               per_class=task.per_class, val_per_class=VAL_PER_CLASS,
+                               test_fraction=0.0, val_as_test=args["val_as_test"])
+    start = time.perf_counter()
+    # the first fold's train and val stand for the data a user has before deciding: recommend never sees a test image
+    rec, _ = measure_and_decide(splits[0], image_size=size, cache_dir=cache_dir)
+    recommend_seconds = time.perf_counter() - start
+    base = TrainConfig(patience=None, image_size=size, epochs=epochs, cache_dir=cache_dir)
+    start = time.perf_counter()
+    summary = compare(task.source, list(STRATEGIES), seeds, work / task.name, base, command="bench/recommend.py run",
+                      **args)
+    compare_wall = time.perf_counter() - start
+    rows = summary["strategies"]
+    return {
+        "task": task.name, "dataset": task.dataset, "per_class": task.per_class, "protocol": task.protocol,
+        "classes": summary["setup"]["classes"], "n_train": summary["setup"]["n_train"], "n_test": summary["n_test"],
+        "metric": summary["metric"], "chance": summary["chance"], "image_size": size, "epochs": epochs,
+        "seeds": seeds, "evidence": summary["setup"]["evidence"],
+        "test": {s: rows[s]["test"]["estimate"] for s in STRATEGIES},
+        "test_interval": {s: [rows[s]["test"]["low"], rows[s]["test"]["high"]] for s in STRATEGIES},
+        "val_best": {s: rows[s]["val_accuracy_best_mean"] for s in STRATEGIES},
+        "best": summary["best"], "tied": summary["tied"], "winner": summary["winner"],
+        "recommended_by_verdict": summary["recommended"], "sentence": summary["sentence"],
+        "recommend": {"strategy": rec.strategy, "train_last": rec.hyperparameters.get("train_last"),
+                      "label": pick_label(rec.strategy, rec.hyperparameters.get("train_last")),
+                      "reasons": rec.reasons, "measurements": plain_measurements(rec.measurements)},
+        "seconds": {"recommend": recommend_seconds,
+                    "compare_runs": sum(r["wall_seconds"] for s in STRATEGIES for r in rows[s]["runs"]),
+                    "compare_wall_this_call": compare_wall},
+        "environment": summary["setup"]["environment"],
+    }
+
+
+def pick_label(strategy: str, train_last: int | None) -> str:
+    """The compare label of recommend's pick ('partial' trains the last 2 groups; 'partial:1' the last one)."""
+    if strategy != "partial" or train_last in (None, 2):
+        return strategy
+    return f"partial:{train_last}"
+
+
+def plain_measurements(m: dict) -> dict:
+    return {k: v for k, v in m.items() if isinstance(v, (int, float, str, list, dict, type(None)))}
+
+
+def run(tasks: list[Task], *, size: int, epochs: int, seeds: list[int], work: Path, cache_dir: Path | None) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for i, task in enumerate(tasks, 1):
+        target = RESULTS / f"{task.name}.json"
+        if target.exists():
+            print(f"[{i}/{len(tasks)}] {task.name}: done (delete {target} to redo it)", flush=True)
+            continue
+        print(f"[{i}/{len(tasks)}] {task.name}", flush=True)
+        record = run_task(task, size=size, epochs=epochs, seeds=seeds, work=work, cache_dir=cache_dir)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(target)
+        print(f"  best {record['best']} (tied {', '.join(record['tied'])}); recommend: {record['recommend']['label']}",
+              flush=True)
+
+
+# --- table ------------------------------------------------------------------------------------------------------
+
+
+def regret(record: dict, label: str) -> float:
+    """Points of test accuracy (or balanced accuracy) lost by picking `label`: 0 inside the tied set."""
+    if label in record["tied"]:
+        return 0.0
+    return 100 * (record["test"][record["best"]] - record["test"][label])
+
+
+def size_rule(m: dict) -> str:
+    """A size-only policy in the style of BiT's HyperRule: the training size alone sets how much to train."""
+    n = m["images_per_class"]
+    return "linear" if n < 20 else ("partial" if n < 100 else "full")
+
+
+FIXED_POLICIES = {
+    "always linear": lambda m: "linear",
+    "always partial": lambda m: "partial",
+    "always full": lambda m: "full",
+    "always lp-ft": lambda m: "lp-ft",
+    "size rule (BiT-style)": size_rule,
+}
+
+
+@dataclass(frozen=True)
+class CellRule:
+    """The tuned policy: two thresholds cut the tasks into the lesson's 2 × 2 (training images per class ×
+    the frozen features' linear-probe accuracy), and each cell picks the strategy with the least mean regret
+    over the fitting tasks that fall in it (the overall least-regret strategy for an empty cell)."""
+
+    size_threshold: float
+    probe_threshold: float
+    picks: tuple[tuple[str, str], ...]  # (cell, strategy)
+
+    def cell(self, m: dict) -> str:
+        size = "small" if m["images_per_class"] < self.size_threshold else "large"
+        fit = "features fit" if m["probe_accuracy"] >= self.probe_threshold else "features poor"
+        return f"{size}, {fit}"
+
+    def __call__(self, m: dict) -> str:
+        return dict(self.picks)[self.cell(m)]
+
+
+def fit_cell_rule(records: list[dict]) -> CellRule:
+    """Exhaustive search over thresholds at the fitting tasks' own values: the least total regret wins (ties:
+    the first found, thresholds ascending, so the fit is deterministic)."""
+    sizes = sorted({r["recommend"]["measurements"]["images_per_class"] for r in records})
+    probes = sorted({round(r["recommend"]["measurements"]["probe_accuracy"], 4) for r in records})
+    overall = least_regret(records)
+    best_rule, best_total = None, math.inf
+    for size_threshold, probe_threshold in product(sizes, probes):
+        cells: dict[str, list[dict]] = {}
+        probe_rule = CellRule(size_threshold, probe_threshold, ())
+        for r in records:
+            cells.setdefault(probe_rule.cell(r["recommend"]["measurements"]), []).append(r)
+        picks = {cell: least_regret(group) for cell, group in cells.items()}
+        names = [f"{s}, {f}" for s in ("small", "large") for f in ("features fit", "features poor")]
+        rule = CellRule(size_threshold, probe_threshold, tuple((c, picks.get(c, overall)) for c in names))
+        total = sum(regret(r, rule(r["recommend"]["measurements"])) for r in records)
+        if total < best_total - 1e-9:
+            best_rule, best_total = rule, total
+    return best_rule
+
+
+def least_regret(records: list[dict]) -> str:
+    return min(STRATEGIES, key=lambda s: (statistics.fmean(regret(r, s) for r in records), STRATEGIES.index(s)))
+
+
+def leave_one_dataset_out(records: list[dict]) -> dict[str, str]:
+    """Each task's pick by the cell rule fitted on the other datasets' tasks only."""
+    picks = {}
+    for dataset in sorted({r["dataset"] for r in records}):
+        rule = fit_cell_rule([r for r in records if r["dataset"] != dataset])
+        for r in records:
+            if r["dataset"] == dataset:
+                picks[r["task"]] = rule(r["recommend"]["measurements"])
+    return picks
+
+
+def policy_table(records: list[dict]) -> dict[str, dict]:
+    """Per policy: its pick and regret on every task, the mean and the worst."""
+    picks: dict[str, dict[str, str]] = {"recommend (as shipped)": {r["task"]: r["recommend"]["label"] for r in records}}
+    if len({r["dataset"] for r in records}) > 1:  # fitting without the scored dataset needs another one
+        picks["cell rule, leave-one-dataset-out"] = leave_one_dataset_out(records)
+    for name, policy in FIXED_POLICIES.items():
+        picks[name] = {r["task"]: policy(r["recommend"]["measurements"]) for r in records}
+    picks["oracle"] = {r["task"]: r["best"] for r in records}
+    table = {}
+    for name, chosen in picks.items():
+        regrets = {r["task"]: regret(r, chosen[r["task"]]) for r in records}
+        table[name] = {"picks": chosen, "regret": regrets, "mean_regret": statistics.fmean(regrets.values()),
+                       "worst_regret": max(regrets.values())}
+    return table
+
+
+def similarity_side(m: dict) -> str:
+    """Similar or different to ImageNet, by the probe's high-level similarity (recommend's own threshold)."""
+    from headstart.analysis.recommend import SIMILAR
+
+    high = m.get("high_level_similarity")
+    return "similar" if high is None or high >= SIMILAR else "different"
+
+
+def decision_table(records: list[dict]) -> dict:
+    """The lesson's 2 × 2 (size small/large × similar/different to ImageNet), each cell holding which strategies
+    were best or tied with the best, how often, and the tasks it holds."""
+    cells: dict[str, dict] = {}
+    for r in records:
+        m = r["recommend"]["measurements"]
+        size = "small" if m["images_per_class"] < SMALL_PER_CLASS else "large"
+        key = f"{size} data, {similarity_side(m)} to ImageNet"
+        cell = cells.setdefault(key, {"tasks": [], "best": Counter(), "in_tied_set": Counter(), "margins": []})
+        cell["tasks"].append(r["task"])
+        cell["best"][r["best"]] += 1
+        cell["in_tied_set"].update(r["tied"])
+        if r["winner"]:
+            second = max((s for s in STRATEGIES if s != r["best"]), key=lambda s: r["test"][s])
+            cell["margins"].append(100 * (r["test"][r["best"]] - r["test"][second]))
+    return {key: {"tasks": c["tasks"], "best": dict(c["best"].most_common()),
+                  "in_tied_set": dict(c["in_tied_set"].most_common()),
+                  "winner_margins_points": [round(x, 1) for x in c["margins"]]} for key, c in sorted(cells.items())}
+
+
+def markdown(records: list[dict], table: dict[str, dict], cells: dict) -> str:
+    first = records[0]
+    lines = [
+        "# The recommend benchmark",
+        "",
+        "Generated by `bench/recommend.py table` from `bench/results/recommend/*.json` (do not edit by hand).",
+        f"{len(records)} tasks from {len({r['dataset'] for r in records})} datasets; every strategy "
+        f"({', '.join(STRATEGIES)}) × seeds {first['seeds']}, {first['epochs']} epochs, {first['image_size']} px; "
+        "figures are test figures (accuracy, or balanced accuracy where the classes are imbalanced), chosen on val. "
+        "Regret = the best strategy's mean test figure − the pick's, in points; 0 when the pick is in the verdict's "
+        "tied set.",
+        "",
+        "## Policies",
+        "",
+        "| policy | mean regret | worst regret |",
+        "|---|---|---|",
+    ]
+    for name, row in sorted(table.items(), key=lambda kv: kv[1]["mean_regret"]):
+        lines.append(f"| {name} | {row['mean_regret']:.2f} | {row['worst_regret']:.1f} |")
+    lines += ["", "## Per task", "",
+              "| task | n/class | best (tied set) | recommend | regret | linear | partial | full | lp-ft | "
+              "recommend s | compare s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        m = r["recommend"]["measurements"]
+        cols = [f"{table[p]['regret'][r['task']]:.1f}" for p in
+                ("always linear", "always partial", "always full", "always lp-ft")]
+        lines.append(f"| {r['task']} | {m['images_per_class']:.0f} | {r['best']} ({', '.join(r['tied'])}) | "
+                     f"{r['recommend']['label']} | {table['recommend (as shipped)']['regret'][r['task']]:.1f} | "
+                     f"{' | '.join(cols)} | {r['seconds']['recommend']:.0f} | {r['seconds']['compare_runs']:.0f} |")
+    lines += ["", "## The decision table, measured", "",
+              f"Small = under {SMALL_PER_CLASS} training images per class; similar/different by the probe's "
+              "high-level similarity to ImageNet's BatchNorm statistics. Each cell: how often each strategy was "
+              "the best, and how often it was in the tied set.", "",
+              "| cell | tasks | best | in the tied set |", "|---|---|---|---|"]
+    for key, c in cells.items():
+        best = ", ".join(f"{s} {n}" for s, n in c["best"].items())
+        tied = ", ".join(f"{s} {n}" for s, n in c["in_tied_set"].items())
+        lines.append(f"| {key} | {len(c['tasks'])} | {best} | {tied} |")
+    return "\n".join(lines) + "\n"
+
+
+def table() -> None:
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))
+               if p.name not in ("table.json", "decision_table.json")]
+    if not records:
+        sys.exit("no task results yet: run `bench/recommend.py run` first")
+    scores = policy_table(records)
+    cells = decision_table(records)
+    (RESULTS / "table.json").write_text(json.dumps(scores, indent=1))
+    (RESULTS / "decision_table.json").write_text(json.dumps(cells, indent=1))
+    DOCS.write_text(markdown(records, scores, cells))
+    for name, row in sorted(scores.items(), key=lambda kv: kv[1]["mean_regret"]):
+        print(f"{name:36s} mean regret {row['mean_regret']:5.2f}  worst {row['worst_regret']:5.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["run", "table"])
+    parser.add_argument("--tasks", help="comma-separated task names (default: all); `--tasks list` lists them")
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--work", type=Path, default=HERE.parent / "runs" / "bench-recommend")
+    parser.add_argument("--cache-dir", type=Path)
+    a = parser.parse_args()
+    if a.command == "table":
+        table()
+        return
+    if a.tasks == "list":
+        print("\n".join(t.name for t in TASKS))
+        return
+    wanted = a.tasks.split(",") if a.tasks else [t.name for t in TASKS]
+    unknown = sorted(set(wanted) - {t.name for t in TASKS})
+    if unknown:
+        sys.exit(f"unknown tasks {', '.join(unknown)} (see --tasks list)")
+    run([t for t in TASKS if t.name in wanted], size=a.size, epochs=a.epochs,
+        seeds=[int(s) for s in a.seeds.split(",")], work=a.work, cache_dir=a.cache_dir)
+
+
+if __name__ == "__main__":
+    main()
