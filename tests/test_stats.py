@@ -300,6 +300,24 @@ def test_tie_recommends_the_cheaper_strategy_and_says_how_much_cheaper():
     assert "linear is 200× cheaper" in result.sentence
 
 
+def test_a_tie_whose_cheaper_members_do_not_beat_chance_names_the_reason_for_the_pick():
+    # 60% against 56% on 153 two-class images (18 images told apart, 12 to 6): tied; only the best is clearly
+    # above chance (50%), and the other is cheaper
+    rng = np.random.default_rng(17)
+    y_true = rng.integers(0, 2, 153)
+    full = with_accuracy(y_true, 0.60, rng)
+    linear = full.copy()
+    right, wrong = np.flatnonzero(full == y_true)[:12], np.flatnonzero(full != y_true)[:6]
+    linear[right] = 1 - y_true[right]
+    linear[wrong] = y_true[wrong]
+    costs = {"full": Cost(seconds=13, trainable_params=3_400_000), "linear": Cost(seconds=2, trainable_params=2562)}
+    result = verdict(fixed_runs("full", y_true, full) + fixed_runs("linear", y_true, linear), costs=costs)
+    assert set(result.tied) == {"full", "linear"} and result.above_chance == ["full"]
+    assert result.recommended == "full"
+    assert "the only one of them clearly above chance" in result.sentence
+    assert "cheapest" not in result.sentence
+
+
 def test_equally_fast_strategies_are_told_apart_by_their_trainable_parameters():
     rng = np.random.default_rng(16)
     y_true = rng.integers(0, 2, 150)

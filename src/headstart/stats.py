@@ -512,11 +512,11 @@ def _sentence(metric: str, chance: float, best: str, winner: str | None, tied: l
         closest = min(differences.values(), key=lambda d: d.difference)
         return (f"{winner} wins: it beats every other strategy at {top.confidence:.0%} on {name} "
                 f"(closest: {closest.b}, {_difference_phrase(closest)})")
-    return _tie_sentence(best, tied, recommended, differences, costs)
+    return _tie_sentence(best, tied, recommended, differences, costs, above_chance)
 
 
 def _tie_sentence(best: str, tied: list[str], recommended: str | None, differences: dict[str, Difference],
-                  costs: Mapping[str, Cost] | None) -> str:
+                  costs: Mapping[str, Cost] | None, above_chance: list[str]) -> str:
     if len(tied) == 1:  # the best beats every other strategy, but its own interval does not clear chance
         return f"{best} scores best, but not clearly above chance; no strategy can be recommended on this evidence"
     names = _listed([recommended] + [n for n in tied if n != recommended] if recommended else tied)
@@ -525,13 +525,20 @@ def _tie_sentence(best: str, tied: list[str], recommended: str | None, differenc
         sentence = f"{names} are tied on this data ({best} − {spread.b}: {_difference_phrase(spread)})"
         if recommended is None:
             return sentence + "; none of them is clearly above chance"
-        return sentence + (f"; {best} is the best and the cheapest of them" if costs else
-                           f"; recommended: {best}, the best by mean (no costs given)")
+        if not costs:
+            return sentence + f"; recommended: {best}, the best by mean (no costs given)"
+        if [n for n in tied if n in above_chance] == [best] and any(_cheaper(n, best, costs) for n in tied):
+            return sentence + f"; {best} is the best, and the only one of them clearly above chance"
+        return sentence + f"; {best} is the best and the cheapest of them"
     against = differences[recommended]
     sentence = f"{names} are tied on this data ({best} − {recommended}: {_difference_phrase(against)})"
     if costs is None:
         return f"{sentence}; recommended: {recommended}, the best of them above chance (no costs given)"
     return f"{sentence}; {_cost_phrase(recommended, best, costs)}"
+
+
+def _cheaper(name: str, than: str, costs: Mapping[str, Cost]) -> bool:
+    return (costs[name].seconds, costs[name].trainable_params) < (costs[than].seconds, costs[than].trainable_params)
 
 
 def _difference_phrase(d: Difference) -> str:
