@@ -28,6 +28,7 @@ from headstart.cache import decode_images
 from headstart.console import warn
 from headstart.data import imagenet_images
 from headstart.features import eval_view, inference_batch_size, pooled_stage_outputs
+from headstart.precision import autocast, resolve_precision
 from headstart.transforms import Preprocessing, eval_transform, normalize_batch
 
 PROBE_BATCH = 64  # training images whose features are compared with the pretrained ones (CKA)
@@ -65,21 +66,28 @@ def relative_drift(current: torch.nn.Module, reference: torch.nn.Module) -> floa
     return (diff / ref) ** 0.5 if ref > 0 else 0.0
 
 
-def cka_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing) -> list[torch.Tensor]:
-    """Every stage group's output, average-pooled to CKA_POOL x CKA_POOL: keeps where things are, at little memory."""
-    return pooled_stage_outputs(model, pixels, pre, lambda act: F.adaptive_avg_pool2d(act.float(), CKA_POOL))
+def model_device(model: StagedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def cka_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, precision: str = "fp32") -> list[torch.Tensor]:
+    """Every stage group's output, average-pooled to CKA_POOL x CKA_POOL: keeps where things are, at little memory.
+    `precision` is the one requested (fp32 | bf16 | auto), resolved for the device `model` is on."""
+    return pooled_stage_outputs(model, pixels, pre, lambda act: F.adaptive_avg_pool2d(act.float(), CKA_POOL),
+                                precision=resolve_precision(precision, model_device(model)))
 
 
 class ForgettingMonitor:
     """`monitor(model, epoch)` -> {drift_<g>, cka_<g>, imagenet_top1} for every stage group; warns once."""
 
     def __init__(self, reference: StagedModel, probe_pixels: np.ndarray, imagenet: tuple[np.ndarray, torch.Tensor] | None = None,
-                 l2sp: float = 0.0):
+                 l2sp: float = 0.0, precision: str = "fp32"):
         self.reference = reference.eval().requires_grad_(False)
         self.l2sp = l2sp  # only to word the warning's fix
+        self.precision = precision  # as requested (fp32 | bf16 | auto): resolved for the device of each forward pass
         self.pre = reference.preprocessing
         self.probe = np.asarray(probe_pixels[:PROBE_BATCH])
-        self.before = cka_features(reference, self.probe, self.pre)
+        self.before = cka_features(reference, self.probe, self.pre, precision)
         self.imagenet = None
         self.imagenet_top1_pretrained = None
         if imagenet is not None and reference.num_classes == 1000:
@@ -91,19 +99,22 @@ class ForgettingMonitor:
     def _imagenet_top1(self, model: StagedModel) -> float:
         """The current backbone's pooled features through the original ImageNet classifier."""
         model.eval()
-        device = next(model.parameters()).device
+        device = model_device(model)
+        precision = resolve_precision(self.precision, device)
         fc = self.reference.head.fc.to(device)
         images, labels = self.imagenet
         correct, step = 0, inference_batch_size(self.pre.image_size, device)
         for i in range(0, len(images), step):
             x = normalize_batch(images[i : i + step].to(device), self.pre)
-            logits = fc(model.head.features(model.forward_to(x, len(model.stages))).float())
+            with autocast(precision, device):
+                features = model.head.features(model.forward_to(x, len(model.stages)))
+            logits = fc(features.float())
             correct += (logits.argmax(1).cpu() == labels[i : i + step]).sum().item()
         self.reference.head.fc.cpu()
         return correct / len(labels)
 
     def __call__(self, model: StagedModel, epoch: int) -> dict:
-        after = cka_features(model, self.probe, self.pre)
+        after = cka_features(model, self.probe, self.pre, self.precision)
         row = {}
         for k, name in enumerate(model.stage_names):
             row[f"drift_{name}"] = relative_drift(model.group(name), self.reference.group(name))
@@ -164,4 +175,5 @@ def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int =
         images = images.subset(np.linspace(0, len(images) - 1, min(IMAGENET_IMAGES, len(images))).astype(int).tolist())
         decoded = decode_images(images, pre, cfg.cache_dir, cfg.use_cache, label="decode ImageNet probe")
         imagenet = (decoded.pixels, torch.tensor([images.labels[i] for i in decoded.kept]))
-    return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet, l2sp=cfg.l2sp)
+    return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet, l2sp=cfg.l2sp,
+                             precision=cfg.precision)
