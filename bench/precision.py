@@ -6,12 +6,14 @@
   the machine's two cores are shared with other jobs, so wall time measures the load as much as the arithmetic,
   while CPU time measures the work. The two precisions alternate, repetition by repetition; the figure is the
   median repetition.
+- agreement: the pretrained model's own ImageNet head on ImageNet validation images (`evaluate_imagenet`), fp32
+  against bf16: top-1 of each and the share of images whose top-1 class is the same (inference only; cheap).
 - parity: the same runs (`pipeline.train`, one seed) with --precision fp32 and --precision bf16, test figures on images
   nothing was selected on: hymenoptera at 224 px (its val/ as test) and cifar cat/dog/horse 500/class at 96 px
   (val/ as test, val capped at 100/class). Parity holds when every cell's test accuracy is within 0.5 points and each
   dataset has the same winner in both precisions.
 
-    python bench/precision.py speed parity --json bench/results/precision.json
+    python bench/precision.py speed agreement parity --json bench/results/precision.json
 """
 
 from __future__ import annotations
@@ -100,6 +102,22 @@ def speedups(rates: dict[str, dict[str, float]]) -> dict[str, float]:
     return {clock: r["bf16"] / r["fp32"] for clock, r in rates.items()}
 
 
+def agreement(images: int, cache_dir: str) -> dict:
+    from headstart.data import imagenet_images
+    from headstart.evaluate import evaluate_model
+
+    model = load_backbone("efficientnet_lite0")
+    data = imagenet_images(DATA / "imagenet-samples" / "val")
+    data = data.subset(list(range(0, len(data), max(1, len(data) // images)))[:images])
+    logits = {p: evaluate_model(model, data, cache_dir=cache_dir, device="cpu", precision=p)[:2] for p in ("fp32", "bf16")}
+    labels = logits["fp32"][1]
+    top1 = {p: float((lg.argmax(1) == labels).float().mean()) for p, (lg, _) in logits.items()}
+    same = float((logits["fp32"][0].argmax(1) == logits["bf16"][0].argmax(1)).float().mean())
+    return {"model": "efficientnet_lite0", "images": len(labels), "image_size": model.preprocessing.image_size,
+            "top1": top1, "top1_agreement": same,
+            "max_abs_logit_difference": float((logits["fp32"][0] - logits["bf16"][0]).abs().max())}
+
+
 def parity(cache_dir: str, runs_dir: Path) -> dict:
     cases = {}
     for name, (data_args, fields, strategies) in PARITY_CASES.items():
@@ -125,7 +143,8 @@ def parity(cache_dir: str, runs_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="+", choices=["speed", "parity"])
+    parser.add_argument("parts", nargs="+", choices=["speed", "agreement", "parity"])
+    parser.add_argument("--agreement-images", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
@@ -142,6 +161,10 @@ def main() -> None:
     if "speed" in args.parts:
         result["speed"] = speed(args.batch_size, args.image_size, args.repeats)
         print(json.dumps(result["speed"], indent=2))
+    if "agreement" in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["agreement"] = agreement(args.agreement_images, str(Path(tmp) / "cache"))
+        print(json.dumps(result["agreement"], indent=2))
     if "parity" in args.parts:
         with tempfile.TemporaryDirectory() as tmp:
             result["parity"] = parity(str(Path(tmp) / "cache"), Path(tmp) / "runs")

@@ -59,6 +59,11 @@ def test_auto_is_bf16_only_where_the_cpu_has_it_and_parity_held(cpu_with_bf16):
     assert precision_plan("bf16", CPU) == {"inference": "bf16", "training": "bf16"}
 
 
+def test_auto_decides_each_use_on_its_own(cpu_with_bf16, monkeypatch):
+    monkeypatch.setitem(AUTO_BF16, "cpu", {"inference": True, "training": False})  # parity held for inference only
+    assert precision_plan("auto", CPU) == {"inference": "bf16", "training": "fp32"}
+
+
 def test_without_bf16_auto_is_fp32_and_bf16_is_refused(cpu_without_bf16):
     assert precision_plan("auto", CPU) == {"inference": "fp32", "training": "fp32"}
     with pytest.raises(HeadstartError, match="no native bfloat16"):

@@ -166,7 +166,7 @@ def train_into(out: Path, splits: DataSplits, strategy: Strategy, cfg: TrainConf
         raise HeadstartError("stopped before the first epoch finished: nothing to save")
     run = finish_run(out, model, result, strategy, splits, val_split, config, test)
     if monitor is not None:  # what fine-tuning forgot, next to what it learned
-        last = result.history[-1]
+        last = [row for row in result.history if any(k.startswith("cka_") for k in row)][-1]  # the last it measured
         run["forgetting"] = {**monitor.summary(), "l2sp": cfg.l2sp,
                              "final": {k: v for k, v in last.items() if k.startswith(("drift_", "cka_", "imagenet_top1"))}}
         write_json(out / RUN_FILE, run)
@@ -225,7 +225,7 @@ def forgetting_monitor(cfg: TrainConfig, strategy: Strategy, model: StagedModel,
     changes_backbone = any(p.train_last != 0 for p in strategy.phases_for(len(model.stage_names)))
     if not (strategy.pretrained and model.pretrained and changes_backbone):
         return None
-    return build_monitor(cfg, train.pixels, model.preprocessing, seed=cfg.seed)
+    return build_monitor(cfg, train.pixels, model.preprocessing, seed=cfg.seed, epochs=cfg.epochs or strategy.epochs)
 
 
 def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strategy, splits: DataSplits,

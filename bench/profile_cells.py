@@ -18,7 +18,7 @@ itself carries no instrumentation) and adds up, per part, wall seconds and CPU s
 Wall time on a shared machine measures the load as much as the work; CPU seconds of this process measure the
 work (both are kept).
 
-    python bench/profile.py --strategies scratch,full,lp-ft --per-class 40 --json bench/results/profile.json
+    python bench/profile_cells.py --strategies scratch,full,lp-ft --per-class 40 --json bench/results/profile.json
 """
 
 from __future__ import annotations
