@@ -85,7 +85,8 @@ def test_the_monitor_forwards_a_fixed_sample_and_only_on_its_epochs():
     seen = []
     model.stages["stem"].register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
     rows = {epoch: monitor(model, epoch) for epoch in range(1, 11)}
-    assert [e for e, row in rows.items() if row] == [1, 5, 9, 10]  # the first, every 4th, the last
+    assert [e for e, row in rows.items() if monitor.measured(row)] == [1, 5, 9, 10]  # the first, every 4th, the last
+    assert rows[2].keys() == rows[1].keys()  # a skipped epoch keeps the columns (NaN)
     assert monitor.images_per_call == PROBE_BATCH + 8
     assert sum(seen) == 4 * (PROBE_BATCH + 8)  # however many training images it was given
 
@@ -170,7 +171,7 @@ def test_epochs_the_monitor_skips_leave_its_columns_empty(setup, tmp_path, monke
 
     monkeypatch.setattr(drift, "MONITOR_SHARE", 0.2)  # 32 + 4 images a call, 32 training images: every 2nd epoch
     _, history, run_json = run(setup, tmp_path, strategy="partial", epochs=5)
-    assert [row["cka_stem"] != "" for row in history] == [True, False, True, False, True]
+    assert [row["cka_stem"] != "nan" for row in history] == [True, False, True, False, True]  # NaN: not measured
     assert run_json["forgetting"]["monitored_epochs"] == [1, 3, 5] and run_json["forgetting"]["images_per_call"] == 36
     assert run_json["forgetting"]["final"]["cka_stem"] == pytest.approx(float(history[-1]["cka_stem"]))
     assert (tmp_path / "run" / "forgetting.png").is_file()

@@ -32,9 +32,9 @@ from headstart.cache import decode_images
 from headstart.console import console, info, warn_skipped
 from headstart.data import DataSplits, ImageSet, image_id, load_data, role_fingerprints
 from headstart.engine import pick_device
-from headstart.precision import precision_plan
 from headstart.errors import HeadstartError
 from headstart.evaluate import classification_metrics
+from headstart.precision import precision_plan
 from headstart.report.html import write_grid, write_run_report
 from headstart.report.plots import plot_confusion, plot_curves, plot_forgetting
 from headstart.runs import (
@@ -166,7 +166,7 @@ def train_into(out: Path, splits: DataSplits, strategy: Strategy, cfg: TrainConf
         raise HeadstartError("stopped before the first epoch finished: nothing to save")
     run = finish_run(out, model, result, strategy, splits, val_split, config, test)
     if monitor is not None:  # what fine-tuning forgot, next to what it learned
-        last = [row for row in result.history if any(k.startswith("cka_") for k in row)][-1]  # the last it measured
+        last = [row for row in result.history if monitor.measured(row)][-1]  # the last epoch it measured
         run["forgetting"] = {**monitor.summary(), "l2sp": cfg.l2sp,
                              "final": {k: v for k, v in last.items() if k.startswith(("drift_", "cka_", "imagenet_top1"))}}
         write_json(out / RUN_FILE, run)

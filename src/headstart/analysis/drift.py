@@ -14,7 +14,8 @@ pretrained features (the "lr = 0.01 on every layer" mistake).
 Its cost is bounded and visible: a call forwards a fixed sample (at most PROBE_BATCH training images and
 IMAGENET_IMAGES ImageNet images, whatever the data's size), and the monitor measures on epoch 1, every k-th epoch
 after it and the last planned epoch, with k chosen so that its forward passes stay within MONITOR_SHARE of the
-training's (`monitor_every`); the other epochs' history rows leave its columns empty. Its seconds are recorded per
+training's (`monitor_every`); the other epochs' history rows hold NaN in its columns (not measured: every row
+keeps the same columns, and numeric code skips or propagates NaN instead of failing on a blank). Its seconds are recorded per
 epoch (history `monitor_seconds`) and per run (run.json `monitor_seconds`, `forgetting.monitored_epochs`), apart
 from `train_seconds`.
 
@@ -146,7 +147,7 @@ class ForgettingMonitor:
 
     def __call__(self, model: StagedModel, epoch: int) -> dict:
         if self.epochs is not None and epoch not in self.epochs:
-            return {}
+            return self.not_measured(model)
         after = cka_features(model, self.probe, self.pre, self.precision)
         row = {}
         for k, name in enumerate(model.stage_names):
@@ -156,6 +157,17 @@ class ForgettingMonitor:
             row["imagenet_top1"] = self._imagenet_top1(model)
         self._check(model, epoch, row)
         return row
+
+    @staticmethod
+    def measured(row: dict) -> bool:
+        """Whether a history row holds the monitor's measurements (not an epoch it skipped)."""
+        values = [float(v) for k, v in row.items() if k.startswith("cka_") and v not in (None, "")]
+        return bool(values) and not math.isnan(values[0])
+
+    def not_measured(self, model: StagedModel) -> dict:
+        """The row of an epoch it skips: its columns, NaN."""
+        names = [f"{kind}_{g}" for g in model.stage_names for kind in ("drift", "cka")]
+        return dict.fromkeys(names + (["imagenet_top1"] if self.imagenet is not None else []), math.nan)
 
     def _check(self, model: StagedModel, epoch: int, row: dict) -> None:
         if not self.warnings:
