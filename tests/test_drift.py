@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.analysis.drift import ForgettingMonitor, linear_cka, relative_drift
+from headstart.analysis.drift import PROBE_BATCH, ForgettingMonitor, linear_cka, monitor_every, relative_drift
 from headstart.train import l2sp_anchor, l2sp_penalty
 from headstart.backbones import load_backbone
 from headstart.transforms import Preprocessing
@@ -75,6 +75,28 @@ def test_monitor_sees_nothing_before_training_and_warns_on_destroyed_early_featu
     assert len(monitor.warnings) == 1 and "--l2sp" in monitor.warnings[0] and "stem" in monitor.warnings[0]
 
 
+def test_the_monitor_forwards_a_fixed_sample_and_only_on_its_epochs():
+    torch.manual_seed(0)
+    reference = load_backbone("test_efficientnet", pretrained=False)
+    reference.preprocessing = PRE
+    probe = np.random.default_rng(0).integers(0, 256, (PROBE_BATCH + 36, 32, 32, 3), dtype=np.uint8)
+    monitor = ForgettingMonitor(reference, probe, fake_imagenet(8), epochs=10, every=4)
+    model = copy.deepcopy(reference)
+    seen = []
+    model.stages["stem"].register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    rows = {epoch: monitor(model, epoch) for epoch in range(1, 11)}
+    assert [e for e, row in rows.items() if monitor.measured(row)] == [1, 5, 9, 10]  # the first, every 4th, the last
+    assert rows[2].keys() == rows[1].keys()  # a skipped epoch keeps the columns (NaN)
+    assert monitor.images_per_call == PROBE_BATCH + 8
+    assert sum(seen) == 4 * (PROBE_BATCH + 8)  # however many training images it was given
+
+
+def test_the_monitor_keeps_within_its_share_of_the_training():
+    assert monitor_every(164, 195) == 3  # hymenoptera: 164 images a call against 3 x 195 a training epoch
+    assert monitor_every(164, 1200) == 1  # cifar 500/class: every epoch
+    assert monitor_every(164, 0) >= 1
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -104,9 +126,9 @@ def run(setup, tmp_path, **overrides):
     from headstart.api import train
     from headstart.train import TrainConfig
 
-    cfg = TrainConfig(model="test_efficientnet", weights=str(setup / "weights.safetensors"), image_size=32, epochs=2,
-                      batch_size=8, cache_dir=str(tmp_path / "cache"), monitor_folder=str(setup / "imagenet"),
-                      num_workers=0, **overrides)
+    cfg = TrainConfig(**{**dict(model="test_efficientnet", weights=str(setup / "weights.safetensors"), image_size=32,
+                                epochs=2, batch_size=8, cache_dir=str(tmp_path / "cache"),
+                                monitor_folder=str(setup / "imagenet"), num_workers=0), **overrides})
     out = tmp_path / "run"
     result = train(setup / "data", cfg, out)
     with (out / "history.csv").open() as f:
@@ -142,6 +164,17 @@ def test_l2sp_reduces_drift(setup, tmp_path):
     assert run_json["forgetting"]["l2sp"] == 10.0
     for g in ("stem", "stage3"):
         assert float(held[-1][f"drift_{g}"]) < float(plain[-1][f"drift_{g}"])
+
+
+def test_epochs_the_monitor_skips_leave_its_columns_empty(setup, tmp_path, monkeypatch):
+    from headstart.analysis import drift
+
+    monkeypatch.setattr(drift, "MONITOR_SHARE", 0.2)  # 32 + 4 images a call, 32 training images: every 2nd epoch
+    _, history, run_json = run(setup, tmp_path, strategy="partial", epochs=5)
+    assert [row["cka_stem"] != "nan" for row in history] == [True, False, True, False, True]  # NaN: not measured
+    assert run_json["forgetting"]["monitored_epochs"] == [1, 3, 5] and run_json["forgetting"]["images_per_call"] == 36
+    assert run_json["forgetting"]["final"]["cka_stem"] == pytest.approx(float(history[-1]["cka_stem"]))
+    assert (tmp_path / "run" / "forgetting.png").is_file()
 
 
 def test_linear_gets_no_monitor(setup, tmp_path):

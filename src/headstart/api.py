@@ -99,10 +99,11 @@ def seen_images(run_dir: Path, images: ImageSet, folder: Path, allow_seen: bool)
             "seen_note": "; ".join(notes) or f"none of the {n} images was used to train or select this run"}
 
 
-def predict(run_dir: str | Path, paths: list[str | Path], top_k: int = 1) -> list[dict]:
-    """Top-k labels with probabilities for image files or folders, from a run (or a comparison's winner)."""
+def predict(run_dir: str | Path, paths: list[str | Path], top_k: int = 1, precision: str = "auto") -> list[dict]:
+    """Top-k labels with probabilities for image files or folders, from a run (or a comparison's winner);
+    `precision`: fp32 | bf16 | auto (precision.py)."""
     model, config = load_run(_run_or_winner(run_dir))
-    return predict_files(model, config["classes"], paths, top_k=top_k)
+    return predict_files(model, config["classes"], paths, top_k=top_k, precision=precision)
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, fmt: str | None = None,

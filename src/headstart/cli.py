@@ -58,6 +58,8 @@ MODEL_OPTION = typer.Option("efficientnet_lite0", help="Backbone: registered, ti
 PER_CLASS_OPTION = typer.Option(None, help="Subsample training data to N images per class.")
 CLASSES_OPTION = typer.Option(None, help="Comma-separated subset of classes.")
 MEASURE_SIZE_OPTION = typer.Option(None, help="Working resolution (default: what train would use).")
+PRECISION_OPTION = typer.Option("auto", help="Forward passes in fp32 or bf16 (bfloat16 autocast; needs AMX or "
+                                "AVX512-BF16 on a CPU); auto: bf16 where the hardware has it and parity was measured.")
 
 @app.command()
 @friendly_errors
@@ -101,6 +103,7 @@ def train(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     devices: int = typer.Option(1, help="Data-parallel processes, one per GPU (Lightning Fabric DDP); --batch-size "
                                         "stays the global batch."),
+    precision: str = PRECISION_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print run.json to stdout."),
     freeze_bn: bool = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every BatchNorm's pretrained statistics, "
                                    "trained groups too (the default of pretrained strategies), or let trained groups "
@@ -123,7 +126,8 @@ def train(
                       patience=patience or None, seed=seed, image_size=image_size,
                       weights=str(weights) if weights else None, cache_dir=str(cache_dir) if cache_dir else None,
                       use_cache=not no_cache, device=device, devices=devices, l2sp=l2sp, monitor_folder=monitor_folder,
-                      freeze_bn=freeze_bn, resume=resume, keep_checkpoints=keep_checkpoints, balance=balance)
+                      freeze_bn=freeze_bn, resume=resume, keep_checkpoints=keep_checkpoints, balance=balance,
+                      precision=precision)
     run = train_run(data, cfg, out, val_fraction=val_fraction, classes=split_list(classes), per_class=per_class,
                     data_seed=data_seed, test_fraction=test_fraction, val_as_test=val_as_test,
                     val_per_class=val_per_class, command=shlex.join(["headstart", *sys.argv[1:]]))
@@ -166,6 +170,7 @@ def compare(
     cache_dir: Path = typer.Option(None, help="Cache folder (default $HEADSTART_CACHE or ~/.cache/headstart)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     devices: int = typer.Option(1, help="Data-parallel processes for every run, one per GPU (Lightning Fabric DDP)."),
+    precision: str = PRECISION_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep every run's resume point."),
 ):
@@ -181,7 +186,8 @@ def compare(
         raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     cfg = TrainConfig(model=model, epochs=epochs, augment=augment, views=views, patience=patience or None, freeze_bn=freeze_bn,
                       batch_size=batch_size, image_size=image_size, cache_dir=str(cache_dir) if cache_dir else None,
-                      device=device, devices=devices, keep_checkpoints=keep_checkpoints, balance=balance)
+                      device=device, devices=devices, keep_checkpoints=keep_checkpoints, balance=balance,
+                      precision=precision)
     summary = compare_api(data, split_list(strategies) or [], seed_list, out, cfg, per_class=per_class,
                           val_per_class=val_per_class, classes=split_list(classes), val_fraction=val_fraction,
                           data_seed=data_seed, test_fraction=test_fraction, val_as_test=val_as_test, folds=folds,
@@ -224,12 +230,13 @@ def evaluate(
     out: Path = typer.Option(None, help="Where to write confusion.png (runs only; default: the run directory)."),
     allow_seen: bool = typer.Option(False, "--allow-seen", help="Score images the run trained on too (refused by "
                                     "default: their accuracy measures memory, not new images)."),
+    precision: str = PRECISION_OPTION,
 ):
     """Accuracy of a fine-tuned run on labelled data (its test/, else val/, else the folder), or of a pretrained
     model on ImageNet folders. A run's own training images are refused unless --allow-seen."""
     from headstart.api import evaluate as evaluate_api
 
-    result = evaluate_api(model_or_run, data, allow_seen=allow_seen)
+    result = evaluate_api(model_or_run, data, allow_seen=allow_seen, precision=precision)
     if "confusion_matrix" in result:  # a fine-tuned run (or a comparison's winner), not an ImageNet check
         from headstart.report.plots import plot_confusion
 
@@ -263,12 +270,13 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(1, help="How many labels per image."),
     csv_path: Path = typer.Option(None, "--csv", help="Also write the predictions to this CSV."),
+    precision: str = PRECISION_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Labels with probabilities for images, from a fine-tuned run."""
     from headstart.api import predict as predict_api
 
-    results = predict_api(run, images, top_k=top_k)
+    results = predict_api(run, images, top_k=top_k, precision=precision)
     if csv_path:
         import csv
 
@@ -413,6 +421,7 @@ def probe(
     seed: int = typer.Option(0),
     weights: Path = typer.Option(None, help="State dict file instead of the default weights."),
     out: Path = typer.Option(None, help="Write probe.json and probe.png (accuracy and similarity vs depth) here."),
+    precision: str = PRECISION_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ):
     """What transfers: linear-probe accuracy after every stage group, and similarity to the pretraining data."""
@@ -422,7 +431,8 @@ def probe(
     from headstart.analysis.probe import probe as run_probe
 
     report = run_probe(data, model=model, image_size=image_size, per_class=per_class, classes=split_list(classes),
-                       val_fraction=val_fraction, seed=seed, weights=str(weights) if weights else None)
+                       val_fraction=val_fraction, seed=seed, weights=str(weights) if weights else None,
+                       precision=precision)
     if out:
         from headstart.runs import write_json
 

@@ -15,6 +15,7 @@ from headstart.errors import HeadstartError
 from headstart.features import inference_batch_size
 from headstart.images import UnreadableImage, is_image_file, read_rgb
 from headstart.engine import pick_device
+from headstart.precision import autocast, resolve_precision
 from headstart.train import PixelDataset, predict_batches
 from headstart.transforms import eval_transform, normalize_batch, to_store
 
@@ -51,17 +52,19 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 def evaluate_model(model: StagedModel, images: ImageSet, batch_size: int | None = None, cache_dir=None, use_cache=True,
-                   device: str = "auto") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Logits and labels of `images` (unreadable files skipped, with a warning); also the kept indices."""
+                   device: str = "auto", precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Logits and labels of `images` (unreadable files skipped, with a warning); also the kept indices.
+    `precision`: fp32 | bf16 | auto (precision.py), for this machine's `device`."""
     pre = model.preprocessing
     decoded = decode_images(images, pre, cache_dir, use_cache, label="decode eval")
     warn_skipped(decoded.skipped)
     labels = torch.tensor([images.labels[i] for i in decoded.kept])
     dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
     model.to(dev)
     loader = torch.utils.data.DataLoader(PixelDataset(decoded.pixels, labels, eval_transform(pre)),
                                          batch_size=batch_size or inference_batch_size(pre.image_size, dev))
-    logits, labels = predict_batches(model, loader, 0, pre, dev)
+    logits, labels = predict_batches(model, loader, 0, pre, dev, precision)
     return logits, labels, decoded.kept
 
 
@@ -90,15 +93,20 @@ def images_to_predict(paths: list[str | Path]) -> list[Path]:
 
 @torch.no_grad()
 def predict_files(model: StagedModel, classes: list[str], paths: list[str | Path], top_k: int = 1,
-                  batch_size: int = 32) -> list[dict]:
-    """Top-k labels with probabilities for each file; unreadable files get an `error` instead."""
+                  batch_size: int = 32, precision: str = "auto") -> list[dict]:
+    """Top-k labels with probabilities for each file; unreadable files get an `error` instead. `precision`:
+    fp32 | bf16 | auto (precision.py), for the device the model is on; probabilities are computed in fp32."""
     pre = model.preprocessing
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     model.eval()
     results, batch, batch_paths = [], [], []
 
     def flush() -> None:
         x = eval_transform(pre)(torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2))
-        probs = model(normalize_batch(x, pre)).softmax(1)
+        with autocast(precision, device):
+            logits = model(normalize_batch(x.to(device), pre))
+        probs = logits.float().softmax(1).cpu()
         top = probs.topk(min(top_k, len(classes)), dim=1)
         for path, p, idx in zip(batch_paths, top.values, top.indices):
             results.append({"path": str(path), "label": classes[idx[0]], "probability": float(p[0]),

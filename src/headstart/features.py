@@ -23,6 +23,7 @@ from torchvision.transforms.v2.functional import center_crop
 from headstart.backbones import StagedModel
 from headstart.cache import cached_entry, digest
 from headstart.paths import cache_root
+from headstart.precision import autocast
 from headstart.progress import progress_bar
 from headstart.transforms import Preprocessing, eval_transform, normalize_batch
 
@@ -46,10 +47,11 @@ def eval_view(pixels: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def pooled_stage_outputs(model: StagedModel, pixels: np.ndarray, pre: Preprocessing,
-                         pool: Callable[[torch.Tensor], torch.Tensor], label: str | None = None) -> list[torch.Tensor]:
-    """Every stage group's output for decoded images, each reduced by `pool` (a list of N x D tensors on the CPU),
-    in one forward pass per image through the eval view (centre crop). The probe pools globally (what a linear
-    head would see); the forgetting monitor keeps a coarse spatial grid (CKA)."""
+                         pool: Callable[[torch.Tensor], torch.Tensor], label: str | None = None,
+                         precision: str = "fp32") -> list[torch.Tensor]:
+    """Every stage group's output for decoded images, each reduced by `pool` (a list of N x D fp32 tensors on the
+    CPU), in one forward pass per image through the eval view (centre crop), under `precision` (resolved). The
+    probe pools globally (what a linear head would see); the forgetting monitor keeps a coarse spatial grid (CKA)."""
     model.eval()
     device = next(model.parameters()).device
     batch_size = inference_batch_size(pre.image_size, device)
@@ -59,8 +61,10 @@ def pooled_stage_outputs(model: StagedModel, pixels: np.ndarray, pre: Preprocess
         task = bar.add_task(f"{label or 'stage outputs'} ({len(pixels)} images, all stages)", total=len(pixels))
         for i in range(0, len(pixels), batch_size):
             x = normalize_batch(crop(eval_view(pixels[i : i + batch_size])).to(device), pre)
-            for k, act in enumerate(model.forward_stages(x)):
-                outs[k].append(pool(act).float().cpu())
+            with autocast(precision, device):
+                pooled = [pool(act).float().cpu() for act in model.forward_stages(x)]
+            for k, act in enumerate(pooled):
+                outs[k].append(act)
             bar.advance(task, len(x))
     return [torch.cat(o) for o in outs]
 
@@ -77,17 +81,19 @@ def prefix_fingerprint(model: StagedModel, start: int) -> str:
 
 
 def features_key(model: StagedModel, start: int, pre: Preprocessing, source_key: str, views: int, seed: int,
-                 augment: str | None, device: torch.device) -> str:
+                 augment: str | None, precision: str) -> str:
+    """The cache key of a prefix's activations: bf16 features differ from fp32 ones in the third digit, so the
+    precision they were computed in is part of it."""
     augmentation = (augment, views, seed) if views else None
-    precision = "bf16" if device.type == "cuda" else "fp32"  # run_prefix autocasts on CUDA
     return digest("prefix-v2", source_key, model.name, prefix_fingerprint(model, start), pre.to_dict(), start,
                   augmentation, precision)
 
 
-def run_prefix(model: StagedModel, images: torch.Tensor, start: int, pre: Preprocessing) -> torch.Tensor:
-    """Normalised uint8 images through stage groups [0, start); pooled when that is the whole backbone."""
-    with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16,
-                                                enabled=images.device.type == "cuda"):
+def run_prefix(model: StagedModel, images: torch.Tensor, start: int, pre: Preprocessing,
+               precision: str = "fp32") -> torch.Tensor:
+    """Normalised uint8 images through stage groups [0, start); pooled when that is the whole backbone. Kept
+    in fp32 whatever `precision` computed it: what trains on it is fp32."""
+    with torch.inference_mode(), autocast(precision, images.device):
         x = model.forward_to(normalize_batch(images, pre), start)
         x = model.head.features(x) if start == len(model.stages) else x
         return x.float()
@@ -108,36 +114,39 @@ def prefix_activations(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> torch.Tensor | None:
     """Output of the frozen prefix for every image (N x ...), or None if it would not fit in memory.
 
     With `views` > 0, returns V x N x ... : V augmented views of every image (for `linear` with
     augmentation: each epoch trains on one view per image, drawn from a fixed pool). View v of image i is
     drawn with its own seed, so the pool does not depend on the batch size or on the order of the work.
-    `augment` names the preset behind `augment_transform` (it is part of the cache key).
+    `augment` names the preset behind `augment_transform` (it is part of the cache key), `precision` (resolved:
+    fp32 or bf16) the prefix's number format (so is it).
     The prefix's groups must already be in eval mode (set_train_mode does that for frozen groups).
     """
     if not (use_cache and source_key):
-        return _compute(model, pixels, start, pre, device, batch_size, views, augment_transform, seed)
+        return _compute(model, pixels, start, pre, device, batch_size, views, augment_transform, seed, precision)
 
     def build() -> tuple[np.ndarray, dict] | None:
-        out = _compute(model, pixels, start, pre, device, batch_size, views, augment_transform, seed)
+        out = _compute(model, pixels, start, pre, device, batch_size, views, augment_transform, seed, precision)
         return None if out is None else (out.numpy(), {"model": model.name, "start": start, "views": views})
 
-    key = features_key(model, start, pre, source_key, views, seed, augment, device)
+    key = features_key(model, start, pre, source_key, views, seed, augment, precision)
     # mapped copy-on-write: a writable tensor (torch warns about read-only arrays) whose pages stay on disk
     entry = cached_entry(cache_root(cache_dir) / FEATURES_DIR, key, build, mmap_mode="c")
     return None if entry is None else torch.from_numpy(entry[0])
 
 
 def _compute(model: StagedModel, pixels: np.ndarray, start: int, pre: Preprocessing, device: torch.device,
-             batch_size: int | None, views: int, augment_transform, seed: int) -> torch.Tensor | None:
+             batch_size: int | None, views: int, augment_transform, seed: int, precision: str) -> torch.Tensor | None:
     """The prefix's output for every image (and view), or None if it would not fit in MAX_CACHE_BYTES."""
     transform = augment_transform if views else None
     batch_size = batch_size or inference_batch_size(pre.image_size, device)
     n_views = max(views, 1)
     with torch.random.fork_rng(devices=[]):  # seeding the views must not disturb the caller's random state
-        probe = run_prefix(model, _crop(eval_view(pixels[:1]), pre, transform, seed, 0, 0).to(device), start, pre)
+        probe = run_prefix(model, _crop(eval_view(pixels[:1]), pre, transform, seed, 0, 0).to(device), start, pre,
+                           precision)
         if probe[0].numel() * 4 * len(pixels) * n_views > MAX_CACHE_BYTES:
             return None
         out = torch.empty((n_views, len(pixels), *probe.shape[1:]), dtype=torch.float32)
@@ -146,7 +155,8 @@ def _compute(model: StagedModel, pixels: np.ndarray, start: int, pre: Preprocess
             for v in range(n_views):
                 for i in range(0, len(pixels), batch_size):
                     chunk = _crop(eval_view(pixels[i : i + batch_size]), pre, transform, seed, v, i)
-                    out[v, i : i + len(chunk)] = run_prefix(model, chunk.to(device, non_blocking=True), start, pre).cpu()
+                    out[v, i : i + len(chunk)] = run_prefix(model, chunk.to(device, non_blocking=True), start, pre,
+                                                                  precision).cpu()
                     bar.advance(task, len(chunk))
     return out if views else out[0]
 

@@ -34,6 +34,7 @@ from headstart.data import DataSplits, ImageSet, image_id, load_data, role_finge
 from headstart.engine import pick_device
 from headstart.errors import HeadstartError
 from headstart.evaluate import classification_metrics
+from headstart.precision import precision_plan
 from headstart.report.html import write_grid, write_run_report
 from headstart.report.plots import plot_confusion, plot_curves, plot_forgetting
 from headstart.runs import (
@@ -118,6 +119,7 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
     return None."""
     cfg = cfg or TrainConfig()
     fabric = engine.start(cfg.device, cfg.devices)
+    precision_plan(cfg.precision, fabric.device)  # an impossible --precision stops here, before any work
     first = fabric.is_global_zero
     strategy = resolve_strategy(cfg)
     splits = data if isinstance(data, DataSplits) else load_data(
@@ -164,7 +166,7 @@ def train_into(out: Path, splits: DataSplits, strategy: Strategy, cfg: TrainConf
         raise HeadstartError("stopped before the first epoch finished: nothing to save")
     run = finish_run(out, model, result, strategy, splits, val_split, config, test)
     if monitor is not None:  # what fine-tuning forgot, next to what it learned
-        last = result.history[-1]
+        last = [row for row in result.history if monitor.measured(row)][-1]  # the last epoch it measured
         run["forgetting"] = {**monitor.summary(), "l2sp": cfg.l2sp,
                              "final": {k: v for k, v in last.items() if k.startswith(("drift_", "cka_", "imagenet_top1"))}}
         write_json(out / RUN_FILE, run)
@@ -190,6 +192,7 @@ def run_config(cfg: TrainConfig, strategy: Strategy, model: StagedModel, splits:
             "n_train": n_train, "val_files": len(splits.val),
             "test_files": len(splits.test) if splits.test is not None else 0,
             "roles": splits.roles, "fingerprints": role_fingerprints(splits),
+            "precision": precision_plan(cfg.precision, pick_device(cfg.device)),  # what `train.precision` became here
             "command": command, "environment": environment()}
 
 
@@ -222,7 +225,7 @@ def forgetting_monitor(cfg: TrainConfig, strategy: Strategy, model: StagedModel,
     changes_backbone = any(p.train_last != 0 for p in strategy.phases_for(len(model.stage_names)))
     if not (strategy.pretrained and model.pretrained and changes_backbone):
         return None
-    return build_monitor(cfg, train.pixels, model.preprocessing, seed=cfg.seed)
+    return build_monitor(cfg, train.pixels, model.preprocessing, seed=cfg.seed, epochs=cfg.epochs or strategy.epochs)
 
 
 def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strategy, splits: DataSplits,
@@ -231,23 +234,25 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
     reported figures); run.json, test_predictions.csv, seen_images.json, figures."""
     model.load_state_dict(result.best_state)
     device = pick_device(config["train"]["device"])
+    precision = config["precision"]["inference"]
     if result.val_logits is not None:  # fit evaluated the best weights on val already: no second forward pass
         logits, labels = result.val_logits, result.val_labels
     else:
         logits, labels = predict_batches(model, eval_loader(val, model.preprocessing, device), 0,
-                                         model.preprocessing, device)
+                                         model.preprocessing, device, precision)
     metrics = classification_metrics(logits, labels, splits.classes)
     last, best = result.history[-1], result.history[result.best_epoch - 1]
     counts = torch.bincount(torch.as_tensor(splits.train.labels), minlength=len(splits.classes)).tolist()
     run = {
         "model": config["model"], "strategy": strategy.name, "classes": splits.classes,
-        **test_record(out, model, test, splits, counts, device),
+        **test_record(out, model, test, splits, counts, device, precision),
         "val_accuracy_best": result.best_val_accuracy, "val_balanced_accuracy_best": best["val_balanced_accuracy"],
         "selected_on": result.select_on, "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy,  # deprecated alias of val_accuracy_best (a selection figure)
         "final_train_accuracy": last["train_accuracy"], "final_val_accuracy": last["val_accuracy"],
         "epochs": len(result.history), "epochs_planned": config["train"]["epochs"] or strategy.epochs,
         "train_seconds": result.train_seconds, "monitor_seconds": result.monitor_seconds,
+        "precision": config["precision"],
         "trainable_params": count_params(model, trainable_only=True),
         "trainable_params_max": _max_trainable(model, result.history), "total_params": count_params(model),
         "n_train": config["n_train"], "n_val": int(len(labels)), "class_counts": dict(zip(splits.classes, counts)),
@@ -275,13 +280,13 @@ def finish_run(out: Path, model: StagedModel, result: FitResult, strategy: Strat
 
 
 def test_record(out: Path, model: StagedModel, test: TestSet | None, splits: DataSplits, train_counts: list[int],
-                device: torch.device) -> dict:
+                device: torch.device, precision: str = "fp32") -> dict:
     """The reported figures: the best weights on the test split, once. Without a test split, None and why."""
     if test is None:
         return {"test_metric": None, "test_accuracy": None, "test_balanced_accuracy": None, "test_metrics": None,
                 "test_interval": None, "n_test": 0, "test_predictions": None, "no_test": NO_TEST}
     pre = model.preprocessing
-    logits, labels = predict_batches(model, eval_loader(test.split, pre, device), 0, pre, device)
+    logits, labels = predict_batches(model, eval_loader(test.split, pre, device), 0, pre, device, precision)
     metrics = classification_metrics(logits, labels, splits.classes)
     predicted = logits.argmax(1)
     write_test_predictions(out, test.ids, labels.tolist(), predicted.tolist())

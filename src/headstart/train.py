@@ -12,6 +12,10 @@ each on its shard of the training images; the loop reads the same either way.
 
 Batches are either uint8 images (normalised here, on the device, then pushed through the frozen prefix
 without a graph) or cached prefix activations; `forward_batch` tells them apart by dtype.
+
+`cfg.precision` (precision.py) decides the forward passes' number format: bf16 autocast for the frozen prefix and
+validation ("inference") and for the training steps' forward pass ("training") where the hardware has bf16 and
+parity was measured; the loss, the gradients and the optimizer stay fp32.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from headstart import engine
 from headstart.console import console, info
 from headstart.errors import HeadstartError
 from headstart.features import inference_batch_size, prefix_activations
+from headstart.precision import autocast, precision_plan
 from headstart.progress import progress_bar
 from headstart.stats import is_imbalanced
 from headstart.strategies import (
@@ -75,6 +80,8 @@ class TrainConfig:
     device: str = "auto"
     devices: int = 1  # > 1: data-parallel processes (Lightning Fabric DDP); batch_size stays the global batch
     num_workers: int | None = None
+    # fp32 | bf16 | auto: the number format of forward passes, per use (precision.py); part of what a run computes
+    precision: str = "auto"
     # issue #4 (analysis): forgetting
     l2sp: float = 0.0  # > 0: alpha of the L2-SP penalty alpha/2 ||w - w0||^2 on trainable backbone weights
     # imbalanced training classes: weighted (class-weighted loss), sampler (class-balanced batches), none;
@@ -313,16 +320,17 @@ def eval_loader(split: Split, pre: Preprocessing, device: torch.device) -> DataL
 
 
 def train_one_epoch(model, net, batches, start, pre, optimizer, scheduler, fabric, label_smoothing, bar=None, task=None,
-                    penalty=None, class_weights=None):
+                    penalty=None, class_weights=None, precision: str = "fp32"):
     """One pass over this process's `batches`; returns loss and accuracy over every process's images.
     `penalty()` (e.g. L2-SP) is added to the loss that is minimised, and `class_weights` weigh it per class
-    (`--balance weighted`); the reported loss is the plain cross-entropy, so runs with and without them compare."""
+    (`--balance weighted`); the reported loss is the plain cross-entropy, so runs with and without them compare.
+    `precision` (resolved) is the forward pass's; the loss is computed in fp32 from fp32 logits."""
     device = fabric.device
     weights = class_weights.to(device) if class_weights is not None else None
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(precision, device):
             logits = forward_batch(model, x, start, pre, net)
         loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -343,12 +351,13 @@ def train_one_epoch(model, net, batches, start, pre, optimizer, scheduler, fabri
 
 
 @torch.no_grad()
-def predict_batches(model, batches, start, pre, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for every batch, with the model in eval mode."""
+def predict_batches(model, batches, start, pre, device, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (fp32) and labels for every batch, with the model in eval mode, the forward pass in `precision`
+    (resolved: fp32 or bf16)."""
     model.eval()
     all_logits, all_labels = [], []
     for x, y in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(precision, device):
             logits = forward_batch(model, x.to(device, non_blocking=True), start, pre)
         all_logits.append(logits.float().cpu())
         all_labels.append(y)
@@ -371,10 +380,11 @@ class RunPlan:
     class_counts: list[int] = field(default_factory=list)  # training images per class
     balance: str = "none"  # weighted | sampler | none (`resolve_balance`)
     select_on: str = "val_accuracy"  # `selection_metric`
+    precision: dict[str, str] = field(default_factory=lambda: {"inference": "fp32", "training": "fp32"})
 
 
 def plan_run(model: StagedModel, strategy: Strategy, n_train: int, cfg: TrainConfig, world_size: int,
-             class_counts: list[int] | None = None) -> RunPlan:
+             class_counts: list[int] | None = None, device: torch.device | str = "cpu") -> RunPlan:
     epochs = cfg.epochs or strategy.epochs
     augment = cfg.augment or strategy.augment
     views = 0 if augment == "none" else cfg.views if cfg.views is not None else default_views(strategy, epochs, augment)
@@ -387,7 +397,8 @@ def plan_run(model: StagedModel, strategy: Strategy, n_train: int, cfg: TrainCon
     balance = resolve_balance(cfg.balance, counts, world_size)
     return RunPlan(epochs, augment, views, batch_size, steps,
                    cfg.num_workers if cfg.num_workers is not None else default_workers(augment),
-                   max(p.start_epoch for p in phases), unfreeze, counts, balance, selection_metric(counts))
+                   max(p.start_epoch for p in phases), unfreeze, counts, balance, selection_metric(counts),
+                   precision_plan(cfg.precision, device))
 
 
 @dataclass
@@ -409,7 +420,8 @@ def enter_phase(model: StagedModel, strategy: Strategy, trainable: list[str], ep
     set_train_mode(model, trainable, strategy)  # frozen groups in eval mode before computing anything
     start = first_trainable_stage(model, trainable)
     device, pre = fabric.device, model.preprocessing
-    common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache)
+    common = dict(pre=pre, device=device, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache,
+                  precision=plan.precision["inference"])
     with fabric.rank_zero_first():  # the first process fills the feature cache, the others read it
         val_acts = prefix_activations(model, val.pixels, start, **common, source_key=val.key) if start else None
         train_acts = None
@@ -538,7 +550,7 @@ def fit(
     torch.manual_seed(cfg.seed)  # the run's randomness (dropout, augmentation) follows its own seed only
     generator = torch.Generator().manual_seed(cfg.seed)
     counts = torch.bincount(train.labels, minlength=model.num_classes).tolist()
-    plan = plan_run(model, strategy, len(train), cfg, fabric.world_size, counts)
+    plan = plan_run(model, strategy, len(train), cfg, fabric.world_size, counts, fabric.device)
     announce_balance(plan)
     model.to(fabric.device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, strategy, cfg.weight_decay))
@@ -559,7 +571,7 @@ def fit(
                     phase = enter_phase(model, strategy, trainable, epoch, train, val, cfg, plan, fabric, generator)
                     state.train_seconds += time.perf_counter() - t0
                 row, logits, labels = run_epoch(model, phase, epoch, strategy, optimizer, scheduler, cfg, fabric, bar,
-                                                penalty, weights)
+                                                penalty, weights, plan.precision)
                 state.train_seconds += row["seconds"]
                 if monitor is not None and first:
                     t0 = time.perf_counter()
@@ -600,9 +612,10 @@ def announce_balance(plan: RunPlan) -> None:
 
 
 def run_epoch(model, phase: ActivePhase, epoch: int, strategy: Strategy, optimizer, scheduler, cfg: TrainConfig, fabric, bar,
-              penalty, class_weights=None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+              penalty, class_weights=None, precision: dict[str, str] | None = None) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Train one epoch, then score val: the epoch's history row, and the val logits and labels."""
     t0 = time.perf_counter()
+    precision = precision or {"inference": "fp32", "training": "fp32"}
     if isinstance(phase.train_batches.dataset, ViewsDataset):
         phase.train_batches.dataset.new_epoch()
     set_train_mode(model, phase.trainable, strategy)
@@ -610,9 +623,11 @@ def run_epoch(model, phase: ActivePhase, epoch: int, strategy: Strategy, optimiz
     task = bar.add_task("  train", total=math.ceil(len(phase.train_batches.dataset) / fabric.world_size))
     train_loss, train_acc = train_one_epoch(model, phase.net, phase.train_batches, phase.start, model.preprocessing,
                                             optimizer, scheduler, fabric, cfg.label_smoothing, bar, task,
-                                            penalty=penalty, class_weights=class_weights)
+                                            penalty=penalty, class_weights=class_weights,
+                                            precision=precision["training"])
     bar.remove_task(task)
-    logits, labels = predict_batches(model, phase.val_batches, phase.start, model.preprocessing, fabric.device)
+    logits, labels = predict_batches(model, phase.val_batches, phase.start, model.preprocessing, fabric.device,
+                                     precision["inference"])
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
            "val_loss": F.cross_entropy(logits, labels).item(),
            "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),

@@ -11,12 +11,21 @@ A pretrained copy of the backbone (the reference) is kept aside: its weights are
 `train.fit` merges into each history row; it warns, with the fix, when early stage groups lose their
 pretrained features (the "lr = 0.01 on every layer" mistake).
 
+Its cost is bounded and visible: a call forwards a fixed sample (at most PROBE_BATCH training images and
+IMAGENET_IMAGES ImageNet images, whatever the data's size), and the monitor measures on epoch 1, every k-th epoch
+after it and the last planned epoch, with k chosen so that its forward passes stay within MONITOR_SHARE of the
+training's (`monitor_every`); the other epochs' history rows hold NaN in its columns (not measured: every row
+keeps the same columns, and numeric code skips or propagates NaN instead of failing on a blank). Its seconds are recorded per
+epoch (history `monitor_seconds`) and per run (run.json `monitor_seconds`, `forgetting.monitored_epochs`), apart
+from `train_seconds`.
+
 L2-SP (Li et al., 2018) is the matching remedy: `train.l2sp_penalty` adds alpha/2 * ||w - w0||^2 over the trainable
 backbone parameters to the loss, pulling them toward the pretrained weights instead of toward zero.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,7 @@ from headstart.cache import decode_images
 from headstart.console import warn
 from headstart.data import imagenet_images
 from headstart.features import eval_view, inference_batch_size, pooled_stage_outputs
+from headstart.precision import autocast, resolve_precision
 from headstart.transforms import Preprocessing, eval_transform, normalize_batch
 
 PROBE_BATCH = 64  # training images whose features are compared with the pretrained ones (CKA)
@@ -42,6 +52,22 @@ CKA_POOL = 4  # feature maps are average-pooled to 4x4 before CKA: keeps where t
 CKA_WARN = 0.95
 DRIFT_WARN = 0.01
 DEFAULT_PROBE_FOLDERS = ("../shared/data/imagenet-samples/val",)
+# The monitor's forward passes, at most this share of the training's. Its sample is fixed (PROBE_BATCH +
+# IMAGENET_IMAGES = 164 images per call), so on small data it would otherwise cost a lot: on hymenoptera (195
+# training images) one call is 164 forward passes against ~585 forward-pass equivalents of a training epoch.
+MONITOR_SHARE = 0.1
+STEP_COST = 3  # a training step's forward + backward pass costs about three forward passes
+
+
+def monitor_every(images_per_call: int, n_train: int) -> int:
+    """Every how many epochs the monitor measures, so that its forward passes stay within MONITOR_SHARE of the
+    training's (STEP_COST forward passes per training image and epoch)."""
+    return max(1, math.ceil(images_per_call / (MONITOR_SHARE * STEP_COST * max(1, n_train))))
+
+
+def monitored_epochs(epochs: int, every: int) -> list[int]:
+    """Epoch 1 (the warning comes early), every `every`-th after it, and the last planned one (run.json's final)."""
+    return sorted({*range(1, epochs + 1, every), epochs})
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -65,45 +91,64 @@ def relative_drift(current: torch.nn.Module, reference: torch.nn.Module) -> floa
     return (diff / ref) ** 0.5 if ref > 0 else 0.0
 
 
-def cka_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing) -> list[torch.Tensor]:
-    """Every stage group's output, average-pooled to CKA_POOL x CKA_POOL: keeps where things are, at little memory."""
-    return pooled_stage_outputs(model, pixels, pre, lambda act: F.adaptive_avg_pool2d(act.float(), CKA_POOL))
+def model_device(model: StagedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def cka_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, precision: str = "fp32") -> list[torch.Tensor]:
+    """Every stage group's output, average-pooled to CKA_POOL x CKA_POOL: keeps where things are, at little memory.
+    `precision` is the one requested (fp32 | bf16 | auto), resolved for the device `model` is on."""
+    return pooled_stage_outputs(model, pixels, pre, lambda act: F.adaptive_avg_pool2d(act.float(), CKA_POOL),
+                                precision=resolve_precision(precision, model_device(model)))
 
 
 class ForgettingMonitor:
     """`monitor(model, epoch)` -> {drift_<g>, cka_<g>, imagenet_top1} for every stage group; warns once."""
 
     def __init__(self, reference: StagedModel, probe_pixels: np.ndarray, imagenet: tuple[np.ndarray, torch.Tensor] | None = None,
-                 l2sp: float = 0.0):
+                 l2sp: float = 0.0, precision: str = "fp32", epochs: int | None = None, every: int = 1):
         self.reference = reference.eval().requires_grad_(False)
         self.l2sp = l2sp  # only to word the warning's fix
+        self.precision = precision  # as requested (fp32 | bf16 | auto): resolved for the device of each forward pass
         self.pre = reference.preprocessing
         self.probe = np.asarray(probe_pixels[:PROBE_BATCH])
-        self.before = cka_features(reference, self.probe, self.pre)
+        self.before = cka_features(reference, self.probe, self.pre, precision)
         self.imagenet = None
         self.imagenet_top1_pretrained = None
         if imagenet is not None and reference.num_classes == 1000:
             self.imagenet = (eval_transform(self.pre)(eval_view(imagenet[0])), imagenet[1])
             self.imagenet_top1_pretrained = self._imagenet_top1(reference)
         self.warnings: list[str] = []
+        # which epochs it measures (`monitored_epochs`); None: every epoch it is called on
+        self.epochs = monitored_epochs(epochs, every) if epochs else None
+
+    @property
+    def images_per_call(self) -> int:
+        """Images one call forwards through the backbone: the fixed CKA sample and the capped ImageNet subset."""
+        return len(self.probe) + (0 if self.imagenet is None else len(self.imagenet[1]))
 
     @torch.no_grad()
     def _imagenet_top1(self, model: StagedModel) -> float:
         """The current backbone's pooled features through the original ImageNet classifier."""
         model.eval()
-        device = next(model.parameters()).device
+        device = model_device(model)
+        precision = resolve_precision(self.precision, device)
         fc = self.reference.head.fc.to(device)
         images, labels = self.imagenet
         correct, step = 0, inference_batch_size(self.pre.image_size, device)
         for i in range(0, len(images), step):
             x = normalize_batch(images[i : i + step].to(device), self.pre)
-            logits = fc(model.head.features(model.forward_to(x, len(model.stages))).float())
+            with autocast(precision, device):
+                features = model.head.features(model.forward_to(x, len(model.stages)))
+            logits = fc(features.float())
             correct += (logits.argmax(1).cpu() == labels[i : i + step]).sum().item()
         self.reference.head.fc.cpu()
         return correct / len(labels)
 
     def __call__(self, model: StagedModel, epoch: int) -> dict:
-        after = cka_features(model, self.probe, self.pre)
+        if self.epochs is not None and epoch not in self.epochs:
+            return self.not_measured(model)
+        after = cka_features(model, self.probe, self.pre, self.precision)
         row = {}
         for k, name in enumerate(model.stage_names):
             row[f"drift_{name}"] = relative_drift(model.group(name), self.reference.group(name))
@@ -112,6 +157,17 @@ class ForgettingMonitor:
             row["imagenet_top1"] = self._imagenet_top1(model)
         self._check(model, epoch, row)
         return row
+
+    @staticmethod
+    def measured(row: dict) -> bool:
+        """Whether a history row holds the monitor's measurements (not an epoch it skipped)."""
+        values = [float(v) for k, v in row.items() if k.startswith("cka_") and v not in (None, "")]
+        return bool(values) and not math.isnan(values[0])
+
+    def not_measured(self, model: StagedModel) -> dict:
+        """The row of an epoch it skips: its columns, NaN."""
+        names = [f"{kind}_{g}" for g in model.stage_names for kind in ("drift", "cka")]
+        return dict.fromkeys(names + (["imagenet_top1"] if self.imagenet is not None else []), math.nan)
 
     def _check(self, model: StagedModel, epoch: int, row: dict) -> None:
         if not self.warnings:
@@ -123,7 +179,8 @@ class ForgettingMonitor:
     def summary(self) -> dict:
         return {"imagenet_top1_pretrained": self.imagenet_top1_pretrained,
                 "imagenet_images": None if self.imagenet is None else len(self.imagenet[1]),
-                "probe_batch": len(self.probe), "warnings": self.warnings}
+                "probe_batch": len(self.probe), "images_per_call": self.images_per_call,
+                "monitored_epochs": self.epochs, "warnings": self.warnings}
 
 
 def forgetting_warning(row: dict, stage_names: list[str], epoch: int, l2sp: float = 0.0) -> str | None:
@@ -151,9 +208,11 @@ def imagenet_probe_folder(folder: str | None) -> Path | None:
     return next((Path(f) for f in DEFAULT_PROBE_FOLDERS if Path(f).is_dir()), None)
 
 
-def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int = 0) -> ForgettingMonitor:
-    """A monitor for a run: a pretrained reference copy of `cfg.model`, a fixed probe batch drawn (seeded)
-    from the training images, and the capped ImageNet subset if a probe folder is found."""
+def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int = 0,
+                  epochs: int | None = None) -> ForgettingMonitor:
+    """A monitor for a run of `epochs` epochs: a pretrained reference copy of `cfg.model`, a fixed probe batch drawn
+    (seeded) from the training images, the capped ImageNet subset if a probe folder is found, and the epochs it
+    measures (`monitor_every`)."""
     reference = load_backbone(cfg.model, weights=cfg.weights)
     reference.preprocessing = pre
     pick = np.sort(np.random.default_rng(seed).permutation(len(train_pixels))[:PROBE_BATCH])
@@ -164,4 +223,7 @@ def build_monitor(cfg, train_pixels: np.ndarray, pre: Preprocessing, seed: int =
         images = images.subset(np.linspace(0, len(images) - 1, min(IMAGENET_IMAGES, len(images))).astype(int).tolist())
         decoded = decode_images(images, pre, cfg.cache_dir, cfg.use_cache, label="decode ImageNet probe")
         imagenet = (decoded.pixels, torch.tensor([images.labels[i] for i in decoded.kept]))
-    return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet, l2sp=cfg.l2sp)
+    per_call = len(pick) + (0 if imagenet is None else len(imagenet[1]))
+    return ForgettingMonitor(reference, np.asarray(train_pixels[pick]), imagenet, l2sp=cfg.l2sp,
+                             precision=cfg.precision, epochs=epochs,
+                             every=monitor_every(per_call, len(train_pixels)))

@@ -35,6 +35,7 @@ from headstart.data import ImageSet, load_data, subsample_per_class
 from headstart.features import pooled_stage_outputs
 from headstart.files import atomic_path
 from headstart.paths import cache_root
+from headstart.precision import resolve_precision
 from headstart.transforms import Preprocessing, suggest_image_size
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # logistic-regression weight decay, chosen per stage by CV
@@ -140,10 +141,11 @@ class BatchNormStatistics:
         self.close()
 
 
-def stage_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, label: str = "features") -> list[torch.Tensor]:
+def stage_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, label: str = "features",
+                   precision: str = "fp32") -> list[torch.Tensor]:
     """Globally pooled output of every stage group (a list of N x C tensors): what a linear head on that stage
-    would see."""
-    return pooled_stage_outputs(model, pixels, pre, model.head.features, label=label)
+    would see. `precision` is resolved (fp32 | bf16)."""
+    return pooled_stage_outputs(model, pixels, pre, model.head.features, label=label, precision=precision)
 
 
 # ----------------------------------------------------------------------------------------- linear probes
@@ -214,13 +216,14 @@ def working_size(pre: Preprocessing, images: ImageSet) -> int:
 def probe(data, *, model: str | StagedModel = "efficientnet_lite0", image_size: int | None = None,
           per_class: int | None = None, classes: list[str] | None = None, val_fraction: float = 0.2, seed: int = 0,
           folds: int = 5, max_val_per_class: int | None = 300, cache_dir=None, use_cache: bool = True,
-          weights: str | None = None) -> ProbeReport:
+          weights: str | None = None, precision: str = "auto") -> ProbeReport:
     """Linear-probe accuracy and BatchNorm domain similarity after every stage group of `model` on `data`.
 
     Val is capped at `max_val_per_class` images per class (a seeded sample): 300 per class measure accuracy
     to about +-2 points, and the forward pass is most of the time a probe takes. The features of every stage
     are cached on disk (keyed by model, weights, preprocessing and image content), so `recommend` after
-    `probe` costs only the regressions."""
+    `probe` costs only the regressions. `precision` (fp32 | bf16 | auto, precision.py) is the forward pass's; it is
+    part of the cache key."""
     t0 = time.perf_counter()
     splits = data if not isinstance(data, (str, Path)) else load_data(
         data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class)
@@ -228,7 +231,8 @@ def probe(data, *, model: str | StagedModel = "efficientnet_lite0", image_size: 
     size = image_size or working_size(net.preprocessing, splits.train)
     pre = net.preprocessing.with_image_size(size)
     val = splits.val if max_val_per_class is None else subsample_per_class(splits.val, max_val_per_class, seed)
-    key = digest("probe-v1", net.name, net.weights, pre.to_dict(),
+    precision = resolve_precision(precision, next(net.parameters()).device)
+    key = digest("probe-v1", net.name, net.weights, pre.to_dict(), precision,
                  [[images.fingerprint(i) for i in range(len(images))] for images in (splits.train, val)])
     path = cache_root(cache_dir) / "features" / f"{key}.pt"
     if use_cache and net.pretrained and path.is_file():
@@ -240,7 +244,8 @@ def probe(data, *, model: str | StagedModel = "efficientnet_lite0", image_size: 
                 decoded = decode_images(images, pre, cache_dir, use_cache, label=f"decode {name}")
                 warn_skipped(decoded.skipped, f"unreadable {name} files")
                 split_labels[name] = torch.tensor([images.labels[i] for i in decoded.kept])
-                split_feats[name] = stage_features(net, decoded.pixels, pre, label=f"probe {name}")
+                split_feats[name] = stage_features(net, decoded.pixels, pre, label=f"probe {name}",
+                                                   precision=precision)
                 if name == "train":
                     kls = bn.kl_per_layer()  # the data's statistics are taken on train images only
         if use_cache and net.pretrained:

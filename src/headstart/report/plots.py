@@ -3,6 +3,7 @@ changed (the forgetting monitor) and what transfers (the probe)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -76,6 +77,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
 def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imagenet_top1_pretrained: float | None = None) -> Path:
     """Per epoch: weight drift and CKA of every stage group, and the old task's top-1 if it was measured."""
     groups = [k[len("cka_"):] for k in history[0] if k.startswith("cka_")]
+    history = [r for r in history if not math.isnan(float(r[f"cka_{groups[0]}"]))]  # the epochs it measured (NaN: skipped)
     epochs = [r["epoch"] for r in history]
     has_old = "imagenet_top1" in history[0]
     fig, axes = plt.subplots(1, 3 if has_old else 2, figsize=(14 if has_old else 10, 3.8))
