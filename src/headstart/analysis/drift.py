@@ -66,8 +66,10 @@ def relative_drift(current: torch.nn.Module, reference: torch.nn.Module) -> floa
 
 
 def cka_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing) -> list[torch.Tensor]:
-    """Every stage group's output, average-pooled to CKA_POOL x CKA_POOL: keeps where things are, at little memory."""
-    return pooled_stage_outputs(model, pixels, pre, lambda act: F.adaptive_avg_pool2d(act.float(), CKA_POOL))
+    """Every stage group's output, average-pooled to CKA_POOL x CKA_POOL: keeps where things are, at little memory.
+    `feature_map` puts any layout on a grid first (a ViT's patch tokens, Swin's channels-last maps)."""
+    return pooled_stage_outputs(model, pixels, pre,
+                                lambda act: F.adaptive_avg_pool2d(model.feature_map(act).float(), CKA_POOL))
 
 
 class ForgettingMonitor:
@@ -92,14 +94,14 @@ class ForgettingMonitor:
         """The current backbone's pooled features through the original ImageNet classifier."""
         model.eval()
         device = next(model.parameters()).device
-        fc = self.reference.head.fc.to(device)
+        fc = self.reference.head.to(device)  # on pooled features: the original dropout (off) and classifier
         images, labels = self.imagenet
         correct, step = 0, inference_batch_size(self.pre.image_size, device)
         for i in range(0, len(images), step):
             x = normalize_batch(images[i : i + step].to(device), self.pre)
             logits = fc(model.head.features(model.forward_to(x, len(model.stages))).float())
             correct += (logits.argmax(1).cpu() == labels[i : i + step]).sum().item()
-        self.reference.head.fc.cpu()
+        self.reference.head.cpu()
         return correct / len(labels)
 
     def __call__(self, model: StagedModel, epoch: int) -> dict:
