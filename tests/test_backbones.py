@@ -24,6 +24,11 @@ def empty_caches(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored after the test, also when the CLI's --offline set it
+
+    def no_network(url, dst, *args, **kwargs):
+        raise OSError(f"no network in tests ({url})")
+
+    monkeypatch.setattr("torch.hub.download_url_to_file", no_network)
     return tmp_path
 
 
@@ -67,7 +72,8 @@ def test_offline_asks_the_cache_only_and_says_what_was_tried(empty_caches, monke
     assert [c["filename"] for c in hub.calls] == ["model.safetensors", "pytorch_model.bin"]
     assert all(c["local_files_only"] for c in hub.calls)
     message = str(e.value)
-    assert "no pretrained weights for 'test_resnet.r160_in1k'" in message and "offline so no download" in message
+    assert "no pretrained weights for 'test_resnet'" in message and "timm/test_resnet.r160_in1k" in message
+    assert "offline so no download" in message
     assert str(empty_caches / "hf") in message and "--weights FILE" in message and "--strategy scratch" in message
 
 
