@@ -7,6 +7,7 @@ Each command parses flags into the library's own types, calls one API function, 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from functools import wraps
@@ -51,6 +52,17 @@ def print_json(data) -> None:
 
 def split_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.callback()
+def main(offline: bool = typer.Option(False, "--offline", help="Use only pretrained weights already on this machine "
+                                      "(the Hugging Face and torch hub caches, --weights FILE): never download. The "
+                                      "same as HF_HUB_OFFLINE=1.")):
+    """Fine-tune pretrained image models on small datasets, and see which way works."""
+    if offline:
+        # the variable huggingface_hub and timm honour, read again by backbones.offline() at every load; being in
+        # the environment, it also reaches the processes `--devices N` starts
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 # Options several commands share, defined once so they read and behave the same everywhere
@@ -145,6 +157,8 @@ def compare(
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds: every strategy runs once per seed."),
     out: Path = typer.Option(..., help="Folder for runs/, summary.json, report.html, report.md."),
     model: str = typer.Option("efficientnet_lite0", help="The one backbone every strategy uses."),
+    weights: Path = typer.Option(None, help="State dict file every pretrained strategy starts from instead of the "
+                                            "model's default weights."),
     epochs: int = typer.Option(None, help="The epoch budget of every run (default: the strategies' default)."),
     augment: str = typer.Option(None, help="none | light | strong, the same for every strategy (default light)."),
     views: int = typer.Option(None, help="Cached augmented views of a frozen prefix (default: 8 for linear, one per "
@@ -184,7 +198,8 @@ def compare(
         seed_list = [int(s) for s in split_list(seeds) or []]
     except ValueError:
         raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
-    cfg = TrainConfig(model=model, epochs=epochs, augment=augment, views=views, patience=patience or None, freeze_bn=freeze_bn,
+    cfg = TrainConfig(model=model, weights=str(weights) if weights else None, epochs=epochs, augment=augment, views=views,
+                      patience=patience or None, freeze_bn=freeze_bn,
                       batch_size=batch_size, image_size=image_size, cache_dir=str(cache_dir) if cache_dir else None,
                       device=device, devices=devices, keep_checkpoints=keep_checkpoints, balance=balance,
                       precision=precision)
@@ -364,7 +379,11 @@ def inspect(
     console.print(f"trainable {info['trainable_params']:,} of {info['total_params']:,} parameters · "
                   f"input {info['preprocessing']['image_size']}px, mean {info['preprocessing']['mean']}, "
                   f"std {info['preprocessing']['std']}")
-    console.print("Frozen groups keep BatchNorm in eval mode: their running statistics stay the pretrained ones.")
+    if any(r["batchnorm"].startswith(("eval", "train")) for r in info["groups"]):
+        console.print("Frozen groups keep BatchNorm in eval mode: their running statistics stay the pretrained ones.")
+    if any(r["batchnorm"].startswith("LayerNorm") for r in info["groups"]):
+        console.print("LayerNorm has no running statistics (each sample is normalised by its own): nothing to keep "
+                      "or re-estimate, --freeze-bn/--train-bn change nothing there.")
 
 
 # ------------------------------------------------------------------------- analysis: check, probe, recommend

@@ -16,6 +16,14 @@ BatchNorm: every strategy that starts from pretrained weights keeps the pretrain
 group, trained ones included (`train_bn_stats=False`; the affine weights still learn). Batch statistics of a
 few hundred images are noisy and unlike ImageNet's, and switching a group to them costs more than fine-tuning
 gains. `--train-bn` turns it back on (the measurements behind this default are in docs/analysis.md).
+LayerNorm (ViTs, Swin, ConvNeXt) has no running statistics: it normalises every token or position by its own
+statistics in training and evaluation alike, so there is no policy to apply and the plan says so.
+
+Discriminative learning rates: `lr` for the top stage group and `lr_decay` times less for each group toward the
+stem. A transformer's groups hold several blocks, and the LR also decays block by block inside a group (layer-wise
+LR decay, the standard recipe for ViTs: BEiT, MAE): with k blocks in a group, each block gets lr_decay^(1/k) times
+the LR of the block above it, so the top block of every group keeps the group's LR and the decay per group is the
+same as a CNN's (at the default 0.6 per group of three blocks: 0.84 per block).
 """
 
 from __future__ import annotations
@@ -157,6 +165,19 @@ def group_learning_rates(strategy: Strategy, stage_names: list[str]) -> dict[str
     return rates
 
 
+def layer_learning_rates(strategy: Strategy, model: StagedModel) -> list[tuple[str, list[nn.Module], float]]:
+    """(group, modules, LR) for every layer, stem first: a CNN's stage group is one layer at its group's LR; a
+    transformer group's blocks decay geometrically toward its group's LR below (see the module docstring)."""
+    rates = group_learning_rates(strategy, model.stage_names)
+    out = []
+    for name in model.group_names:
+        layers = model.layers(name) if name != HEAD else [[model.head]]
+        k = len(layers)
+        for j, modules in enumerate(layers):
+            out.append((name, modules, rates[name] * strategy.lr_decay ** ((k - 1 - j) / k) if name != HEAD else rates[name]))
+    return out
+
+
 def apply_trainable(model: StagedModel, trainable: list[str]) -> None:
     """Freezing is one visible line per group: requires_grad follows the strategy."""
     for name in model.group_names:
@@ -180,18 +201,25 @@ def set_train_mode(model: StagedModel, trainable: list[str], strategy: Strategy)
 
 
 def parameter_groups(model: StagedModel, strategy: Strategy, weight_decay: float) -> list[dict]:
-    """One optimizer group per stage group (and one without weight decay for its biases and norm weights),
-    each at its own LR. Frozen groups are included: they get gradients only once a phase unfreezes them."""
-    rates = group_learning_rates(strategy, model.stage_names)
+    """One optimizer group per layer (a CNN's stage group, a transformer block; see `layer_learning_rates`), and
+    one without weight decay for its biases, norm weights, class token and position embeddings, each at its own
+    LR; the top layer of a stage group comes last, so `{g["group"]: g["lr"]}` gives the group's LR. Frozen groups
+    are included: they get gradients only once a phase unfreezes them."""
     groups = []
-    for name in model.group_names:
+    for name, modules, lr in layer_learning_rates(strategy, model):
         decay, no_decay = [], []
-        for p in model.group(name).parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)
+        for p in (p for m in modules for p in m.parameters()):
+            (no_decay if p.ndim <= 1 or _is_embedding(p, model) else decay).append(p)
         for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if params:
-                groups.append({"params": params, "lr": rates[name], "weight_decay": wd, "group": name})
+                groups.append({"params": params, "lr": lr, "weight_decay": wd, "group": name})
     return groups
+
+
+def _is_embedding(p: nn.Parameter, model: StagedModel) -> bool:
+    """A ViT's class/register tokens and position embeddings: 3-D, but no more a weight to shrink than a bias."""
+    stem = model.stages[model.stage_names[0]]
+    return any(p is getattr(stem, n, None) for n in ("cls_token", "reg_token", "pos_embed"))
 
 
 def describe_strategy(strategy: Strategy, model: StagedModel, epoch: int = 0) -> list[dict]:
@@ -201,16 +229,26 @@ def describe_strategy(strategy: Strategy, model: StagedModel, epoch: int = 0) ->
     rows = []
     for name in model.group_names:
         module = model.group(name)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
         rows.append({
             "group": name,
             "params": count_params(module),
             "trainable": name in trainable,
             "lr": rates[name] if name in trainable else 0.0,
-            "batchnorm": ("train" if name in trainable and strategy.train_bn_stats else "eval (frozen stats)") if has_bn else "-",
+            "layers": len(model.layers(name)) if name != HEAD else 1,
+            "batchnorm": normalisation_policy(module, name in trainable, strategy),
             "unfreezes_at_epoch": unfreeze_epoch(strategy, model.stage_names, name),
         })
     return rows
+
+
+def normalisation_policy(module: nn.Module, trainable: bool, strategy: Strategy) -> str:
+    """What happens to the group's normalisation statistics: BatchNorm's running statistics are re-estimated or
+    kept; LayerNorm has none to keep (it normalises each sample by its own statistics), and the plan says so."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        return "train" if trainable and strategy.train_bn_stats else "eval (frozen stats)"
+    if any(isinstance(m, (nn.LayerNorm, nn.GroupNorm)) for m in module.modules()):
+        return "LayerNorm: no running stats"
+    return "-"
 
 
 def unfreeze_epoch(strategy: Strategy, stage_names: list[str], name: str) -> int | None:

@@ -97,8 +97,10 @@ def model_device(model: StagedModel) -> torch.device:
 
 def cka_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, precision: str = "fp32") -> list[torch.Tensor]:
     """Every stage group's output, average-pooled to CKA_POOL x CKA_POOL: keeps where things are, at little memory.
-    `precision` is the one requested (fp32 | bf16 | auto), resolved for the device `model` is on."""
-    return pooled_stage_outputs(model, pixels, pre, lambda act: F.adaptive_avg_pool2d(act.float(), CKA_POOL),
+    `feature_map` puts any layout on a grid first (a ViT's patch tokens, Swin's channels-last maps); `precision` is
+    the one requested (fp32 | bf16 | auto), resolved for the device `model` is on."""
+    return pooled_stage_outputs(model, pixels, pre,
+                                lambda act: F.adaptive_avg_pool2d(model.feature_map(act).float(), CKA_POOL),
                                 precision=resolve_precision(precision, model_device(model)))
 
 
@@ -133,7 +135,7 @@ class ForgettingMonitor:
         model.eval()
         device = model_device(model)
         precision = resolve_precision(self.precision, device)
-        fc = self.reference.head.fc.to(device)
+        fc = self.reference.head.to(device)  # on pooled features: the original dropout (off) and classifier
         images, labels = self.imagenet
         correct, step = 0, inference_batch_size(self.pre.image_size, device)
         for i in range(0, len(images), step):
@@ -142,7 +144,7 @@ class ForgettingMonitor:
                 features = model.head.features(model.forward_to(x, len(model.stages)))
             logits = fc(features.float())
             correct += (logits.argmax(1).cpu() == labels[i : i + step]).sum().item()
-        self.reference.head.fc.cpu()
+        self.reference.head.cpu()
         return correct / len(labels)
 
     def __call__(self, model: StagedModel, epoch: int) -> dict:
