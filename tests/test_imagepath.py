@@ -35,6 +35,7 @@ from helpers import TINY
 
 IMAGE_SIZE = 27  # store floor(27 / 0.875) = 30: an odd margin of 3 px around the centre crop
 TOLERANCE = 1e-4  # float32 logits of the same pixels through another order of operations or another runtime
+pytestmark = pytest.mark.timeout(1800)  # the module trains a run and exports it to ONNX once: minutes on a busy 2-core box
 
 
 def picture(w: int, h: int) -> np.ndarray:
