@@ -37,7 +37,7 @@ def test_onnx_export_predicts_what_headstart_predicts(run_dir, image_folder):
     assert sidecar["classes"] == ["blue", "red"] and sidecar["check"]["max_logit_difference"] < 1e-4
 
     files = sorted((image_folder / "val").rglob("*.png"))
-    batch = np.stack([preprocess_as_sidecar_says(f, sidecar) for f in files])  # the sidecar alone
+    batch = preprocess_as_sidecar_says(files, run_dir / "model.onnx.json")  # the side files alone
     session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     logits, probabilities = session.run(["logits", "probabilities"], {"images": batch})
     expected = predict(run_dir, files)

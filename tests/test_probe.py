@@ -9,7 +9,8 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from headstart.analysis.probe import BatchNormStatistics, linear_probe, probe, stage_features, stratified_folds
+from headstart.analysis.probe import (BatchNormStatistics, fit_logistic, linear_probe, probe, stage_features,
+                                     stratified_folds)
 from headstart.backbones import load_backbone
 from headstart.transforms import Preprocessing
 
@@ -113,3 +114,22 @@ def test_the_probe_leaves_the_callers_random_state_alone():
     before = torch.get_rng_state()
     linear_probe(x[:30], y[:30], x[30:], y[30:], 2, folds=3)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_the_probes_regression_minimises_mean_cross_entropy_plus_half_l2(num_classes):
+    """The L2 grid means the same for any number of images and classes: scikit-learn's fit is the minimum of
+    mean cross-entropy + l2/2 * ||W||^2 of a softmax regression on the standardised features (bias unpenalised)."""
+    g = torch.Generator().manual_seed(num_classes)
+    y = torch.arange(60) % num_classes
+    x = (torch.randn(60, 5, generator=g) + y[:, None]).double()  # overlapping classes: a finite optimum
+    l2 = 0.1
+    fitted = fit_logistic(x.numpy(), y.numpy(), l2)
+    z = torch.from_numpy(fitted[0].transform(x.numpy()))
+    w, b = torch.from_numpy(fitted[-1].coef_), torch.from_numpy(fitted[-1].intercept_)
+    if num_classes == 2:  # one vector for the logit difference: the softmax's two rows are -v/2 and v/2
+        w, b = torch.cat([-w / 2, w / 2]), torch.cat([-b / 2, b / 2])
+    w.requires_grad_(), b.requires_grad_()
+    (torch.nn.functional.cross_entropy(z @ w.T + b, y) + l2 * w.pow(2).sum() / 2).backward()
+    assert w.grad.abs().max() < 1e-5 and b.grad.abs().max() < 1e-5
+    assert w.abs().max() > 0.05  # a real fit, not the zero solution

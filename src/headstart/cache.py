@@ -29,10 +29,10 @@ import numpy as np
 from headstart.console import console, info
 from headstart.data import ImageSet
 from headstart.files import atomic_path, atomic_write_json, exclusive, remove_stale_temps
-from headstart.images import UnreadableImage, read_rgb
+from headstart.images import UnreadableImage
 from headstart.paths import cache_root
 from headstart.progress import progress_bar
-from headstart.transforms import Preprocessing, to_store
+from headstart.transforms import Preprocessing, read_store
 
 
 def digest(*parts: object) -> str:
@@ -157,10 +157,8 @@ def _decode_all(images: ImageSet, pre: Preprocessing, label: str) -> tuple[np.nd
     reasons: dict[int, str] = {}
 
     def decode_one(i: int) -> None:
-        ref = images.refs[i]
         try:
-            img = read_rgb(ref, min_size=size) if images.read is read_rgb else images.read(ref)
-            pixels[i] = to_store(img, pre)
+            pixels[i] = read_store(images.refs[i], pre, images.read)  # the one decode every path shares (images.py)
             ok[i] = True
         except UnreadableImage as e:
             reasons[i] = str(e)

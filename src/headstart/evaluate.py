@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from headstart.backbones import StagedModel
 from headstart.cache import decode_images
@@ -13,31 +15,29 @@ from headstart.console import warn_skipped
 from headstart.data import ImageSet, imagenet_images
 from headstart.errors import HeadstartError
 from headstart.features import inference_batch_size
-from headstart.images import UnreadableImage, is_image_file, read_rgb
+from headstart.images import UnreadableImage, is_image_file, load_pixels
 from headstart.engine import pick_device
 from headstart.precision import autocast, resolve_precision
 from headstart.train import PixelDataset, predict_batches
-from headstart.transforms import eval_transform, normalize_batch, to_store
-
-
-def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows: true class, columns: predicted class."""
-    return np.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+from headstart.transforms import eval_transform, normalize_batch
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy (mean recall: honest on imbalanced data), per-class precision/recall."""
+    """Accuracy, balanced accuracy (mean recall over the classes present: honest on imbalanced data), per-class
+    precision/recall and the confusion matrix (rows: true class, columns: predicted), by scikit-learn. A class
+    never predicted has precision 0, one absent from `labels` recall 0 and support 0."""
     predicted = logits.argmax(1).numpy()
     y = labels.numpy()
-    cm = confusion_matrix(predicted, y, len(classes))
-    support = cm.sum(1)
-    recall = np.divide(np.diag(cm), support, out=np.zeros(len(classes)), where=support > 0)
-    predicted_count = cm.sum(0)
-    precision = np.divide(np.diag(cm), predicted_count, out=np.zeros(len(classes)), where=predicted_count > 0)
-    present = support > 0
+    every_class = list(range(len(classes)))
+    cm = confusion_matrix(y, predicted, labels=every_class)
+    precision, recall, _, support = precision_recall_fscore_support(y, predicted, labels=every_class,
+                                                                    zero_division=0.0)
+    with warnings.catch_warnings():  # a class predicted but absent from `labels` is left out of the mean, as meant
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        balanced = balanced_accuracy_score(y, predicted)
     return {
         "accuracy": float((predicted == y).mean()),
-        "balanced_accuracy": float(recall[present].mean()),
+        "balanced_accuracy": float(balanced),
         "n": int(len(y)),
         "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(support[i])}
                       for i, c in enumerate(classes)},
@@ -103,7 +103,7 @@ def predict_files(model: StagedModel, classes: list[str], paths: list[str | Path
     results, batch, batch_paths = [], [], []
 
     def flush() -> None:
-        x = eval_transform(pre)(torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2))
+        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # already the model's input size (load_pixels)
         with autocast(precision, device):
             logits = model(normalize_batch(x.to(device), pre))
         probs = logits.float().softmax(1).cpu()
@@ -117,7 +117,7 @@ def predict_files(model: StagedModel, classes: list[str], paths: list[str | Path
     files = images_to_predict(paths)
     for path in files:
         try:
-            batch.append(to_store(read_rgb(path), pre))
+            batch.append(load_pixels(path, **pre.recipe()))  # the input every path uses (images.py)
             batch_paths.append(path)
         except UnreadableImage as e:
             results.append({"path": str(path), "error": str(e)})

@@ -1,9 +1,11 @@
 """A run directory -> one file that serves predictions without headstart: ONNX, or a torch.export program.
 
 The exported graph holds everything between pixels and class scores that must match training exactly:
-normalisation with the model's own mean/std, the backbone, the fine-tuned head and a softmax. It does not hold
-the geometry (resize the shorter side to `resize_to`, centre-crop `image_size`), because that belongs to the
-image decoder of the serving side; the sidecar `<file>.json` beside it spells it out, with the class names.
+normalisation with the model's own mean/std, the backbone, the fine-tuned head and a softmax. The way from an
+image file to those pixels (decode, EXIF rotation, transparency, colour modes, the resize and the centre crop)
+is not a graph: it is headstart's own `images.py`, shipped beside the export as `<file>.preprocess.py` (Pillow
+and numpy only). The sidecar `<file>.json` names the classes, that file, its sha256 and the arguments to call
+its `load_input` with (`input.recipe`), so a serving side computes exactly the pixels `predict` computes.
 
     input   images          float32  N x 3 x S x S   RGB in [0, 1], any N
     outputs logits          float32  N x C
@@ -14,14 +16,15 @@ when given, else a fixed random batch): the largest logit difference and the top
 sidecar, and an export that disagrees is deleted rather than shipped.
 
 Nothing half-written is ever under the real names: the export is written and checked under a temp name and
-renamed into place only once it passed; the old sidecar is removed just before, and the new one (with the
-file's sha256) written just after. A crash in between leaves an export without a sidecar, never an export
+renamed into place only once it passed; the old sidecar is removed just before, and the preprocessing file and
+the new sidecar (with both files' sha256) written just after. A crash in between leaves an export without a sidecar, never an export
 with the sidecar of another; and a second export to the same file while one runs stops at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 from pathlib import Path
 
@@ -32,10 +35,10 @@ from torch import nn
 from headstart import __version__
 from headstart.backbones import StagedModel
 from headstart.errors import HeadstartError
-from headstart.images import UnreadableImage, read_rgb
-from headstart.files import atomic_path, atomic_write_json, exclusive
+from headstart.images import UnreadableImage, load_input
+from headstart.files import atomic_path, atomic_write_json, atomic_write_text, exclusive
 from headstart.runs import RUN_FILE, load_run, read_run
-from headstart.transforms import Preprocessing, eval_transform, to_store
+from headstart.transforms import Preprocessing
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
 INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probabilities")
@@ -76,14 +79,20 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
+def recipe_code_path(out: Path) -> Path:
+    """model.onnx -> model.onnx.preprocess.py: the file -> input code shipped with the export."""
+    return out.with_name(out.name + ".preprocess.py")
+
+
 def export_lock_path(out: Path) -> Path:
     """Held while `out` and its sidecar are written (a hidden file beside them)."""
     return out.with_name(f".{out.name}.lock")
 
 
 def parity_inputs(pre: Preprocessing, images: list[Path] | None, n_random: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """What both models run on: `images` (the first MAX_CHECK_IMAGES readable ones) preprocessed exactly as
-    `headstart predict` does, or a fixed random batch. Returns float RGB in [0, 1] and where each row came from."""
+    """What both models run on: `images` (the first MAX_CHECK_IMAGES readable ones) through `images.load_input`,
+    the function `predict` uses and the export ships, or a fixed random batch. Returns float RGB in [0, 1] and
+    where each row came from."""
     if images:
         from headstart.evaluate import images_to_predict
 
@@ -92,14 +101,13 @@ def parity_inputs(pre: Preprocessing, images: list[Path] | None, n_random: int =
             if len(rows) == MAX_CHECK_IMAGES:
                 break
             try:
-                pixels = torch.from_numpy(np.array(to_store(read_rgb(path), pre))).permute(2, 0, 1)
-                rows.append(eval_transform(pre)(pixels))
+                rows.append(torch.from_numpy(load_input(path, **pre.recipe())))
                 names.append(str(path))
             except UnreadableImage:
                 continue
         if not rows:
             raise HeadstartError("none of the check images could be read")
-        return torch.stack(rows).float() / 255.0, names
+        return torch.stack(rows), names
     generator = torch.Generator().manual_seed(seed)
     batch = torch.rand(n_random, 3, pre.image_size, pre.image_size, generator=generator)
     return batch, [f"random {i}" for i in range(n_random)]
@@ -204,6 +212,11 @@ def write_checked(module: Deployable, fmt: str, out: Path, batch: torch.Tensor, 
     return sha256, check, seconds
 
 
+def recipe_code() -> str:
+    """The source of `images.py`, the module every headstart path takes its pixels from: what the export ships."""
+    return inspect.getsource(inspect.getmodule(load_input))
+
+
 def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | None = None,
                images: list[str | Path] | None = None) -> dict:
     """Export the run's best weights to `out` (default: <run>/model.onnx) and write the sidecar JSON beside it.
@@ -221,12 +234,20 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | No
     with exclusive(export_lock_path(out), timeout=0, what=out, hint="wait for it or use another --out"):
         sha256, check, seconds = write_checked(module, fmt, out, batch, sources, described=bool(images))
         run_info = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
+        code = recipe_code()
+        atomic_write_text(recipe_code_path(out), code)
         sidecar = {
             "file": out.name, "sha256": sha256, "format": fmt, "classes": config["classes"],
             "input": {"name": INPUT_NAME, "shape": ["N", 3, pre.image_size, pre.image_size], "dtype": "float32",
                       "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
-                      "preprocessing": f"resize the shorter side to {pre.store_size} px ({pre.interpolation}), "
+                      "preprocessing": f"{recipe_code_path(out).name}: load_input(path, **recipe), i.e. decode "
+                                       "upright (EXIF), transparency onto white, any mode to 8-bit RGB, JPEGs "
+                                       f"at least twice {pre.store_size} px at reduced DCT scale; resize the "
+                                       f"centred square to {pre.store_size} px ({pre.interpolation}), "
                                        f"centre-crop {pre.image_size} x {pre.image_size}, divide by 255",
+                      "recipe": pre.recipe(),
+                      "recipe_code": {"file": recipe_code_path(out).name, "function": "load_input",
+                                      "sha256": hashlib.sha256(code.encode("utf-8")).hexdigest()},
                       "resize_to": pre.store_size, "interpolation": pre.interpolation, "image_size": pre.image_size,
                       "normalisation_inside": {"mean": list(pre.mean), "std": list(pre.std)}},
             "outputs": [{"name": OUTPUT_NAMES[0], "shape": ["N", len(config["classes"])]},
@@ -239,19 +260,20 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str | No
                          **({"opset": ONNX_OPSET} if fmt == "onnx" else {})},
         }
         atomic_write_json(sidecar_path(out), sidecar)
-    return {**sidecar, "path": str(out), "sidecar": str(sidecar_path(out))}
+    return {**sidecar, "path": str(out), "sidecar": str(sidecar_path(out)), "recipe_code": str(recipe_code_path(out))}
 
 
-def preprocess_as_sidecar_says(path: str | Path, sidecar: dict) -> np.ndarray:
-    """One image as a serving side without headstart prepares it, from the sidecar alone (PIL and numpy):
-    3 x S x S float32 RGB in [0, 1]. A reference to copy; the tests and bench/export.py hold it to `predict`."""
-    from PIL import Image
+def preprocess_as_sidecar_says(paths: list[str | Path], sidecar_file: str | Path) -> np.ndarray:
+    """Images as a serving side without headstart prepares them, from the export's two side files alone (json,
+    runpy and the shipped code, which needs Pillow and numpy): N x 3 x S x S float32 RGB in [0, 1]. The lines
+    to copy; the tests and bench/export.py hold the result to `predict`."""
+    import json
+    import runpy
 
-    spec = sidecar["input"]
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[spec["interpolation"]]
-    img = Image.open(path).convert("RGB")
-    side, r, s = min(img.size), spec["resize_to"], spec["image_size"]
-    left, top = (img.width - side) / 2, (img.height - side) / 2
-    img = img.resize((r, r), resample, box=(left, top, left + side, top + side), reducing_gap=3.0)  # centred square
-    offset = (r - s) // 2
-    return (np.asarray(img.crop((offset, offset, offset + s, offset + s)), dtype=np.float32) / 255.0).transpose(2, 0, 1)
+    sidecar_file = Path(sidecar_file)
+    spec = json.loads(sidecar_file.read_text())["input"]
+    code = sidecar_file.with_name(spec["recipe_code"]["file"])
+    if hashlib.sha256(code.read_bytes()).hexdigest() != spec["recipe_code"]["sha256"]:
+        raise HeadstartError(f"{code} is not the preprocessing this export was made with (its sha256 differs)")
+    load = runpy.run_path(str(code))[spec["recipe_code"]["function"]]
+    return np.stack([load(path, **spec["recipe"]) for path in paths])

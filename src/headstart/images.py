@@ -1,9 +1,16 @@
-"""Reading one image file into an RGB PIL image, whatever the file holds.
+"""One image file -> the pixels a model takes: the single definition, from training to serving.
 
 Real folders of images contain greyscale scans, palette PNGs, RGBA screenshots, CMYK JPEGs, 16-bit TIFFs,
 phone photos stored sideways with an EXIF rotation, zero-byte files, truncated downloads, placeholder GIFs
-and `.DS_Store`. Everything that is a usable picture becomes an upright 8-bit RGB image; everything else
-raises `UnreadableImage` with a short reason, so the caller can skip it and name it.
+and `.DS_Store`. Everything that is a usable picture becomes an upright 8-bit RGB image (`read_rgb`);
+everything else raises `UnreadableImage` with a short reason, so the caller can skip it and name it.
+
+From there the geometry: the centred square of the image resized to `resize_to` (`load_square`, what the
+caches keep and training augments from), then its centre `image_size` crop (`load_pixels`), as float RGB in
+[0, 1] for an exported model (`load_input`). Training, evaluation, `predict`, the probe and export's check
+all go through these functions, and `export` ships this very file beside the model it writes, so a serving
+side runs the same code. That is why this module needs nothing but Pillow and numpy: keep it that way (a
+test runs the shipped copy without headstart).
 """
 
 from __future__ import annotations
@@ -126,3 +133,54 @@ def _stretch_to_unit(arr: np.ndarray) -> np.ndarray:
 
 def _unit_grey_to_rgb(unit: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(unit * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+# -------------------------------------------------------------------------------------- the geometry
+# Pillow's filters by the names timm's pretrained configs use; any other name falls back to bicubic.
+RESAMPLING = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def square_pixels(img: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """The centred square of `img` resized to `size` x `size`: H x W x 3 uint8 (timm's eval resize of the shorter
+    side, before its centre crop). The square is cut from the source first and only it is resized, so a
+    1 x 30,000 strip costs what a 1 x 1 image does; `reducing_gap` lets Pillow shrink a large image by a whole
+    factor first (a box filter), as its thumbnails do, which is faster and, at 3, indistinguishable."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    img = img.resize((size, size), RESAMPLING.get(interpolation, Image.BICUBIC),
+                     box=(left, top, left + side, top + side), reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_square(path: Path | str, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """A file -> its upright RGB centred square at `size` (uint8 H x W x 3), or UnreadableImage.
+
+    JPEGs at least twice `size` are decoded at a reduced DCT scale (1/2, 1/4 or 1/8, never below `size`):
+    a 4032 x 3024 photo decodes ~3x faster, and the stored pixels move by half a grey level on average
+    (bench/results/decode.json). Every path uses this one function, so they all see those same pixels."""
+    return square_pixels(read_rgb(path, min_size=size), size, interpolation)
+
+
+def centre_offsets(height: int, width: int, size: int) -> tuple[int, int]:
+    """Top and left of the centred `size` crop, rounded as torchvision's `center_crop` rounds them (half to
+    even), so a crop of a numpy array here and of a tensor batch in training cut the same pixels."""
+    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+
+
+def centre_crop(pixels: np.ndarray, size: int) -> np.ndarray:
+    """The centred `size` x `size` crop of an H x W x C array (the square is at least `size`)."""
+    top, left = centre_offsets(pixels.shape[0], pixels.shape[1], size)
+    return pixels[top : top + size, left : left + size]
+
+
+def load_pixels(path: Path | str, resize_to: int, image_size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """A file -> the model's input pixels: uint8 image_size x image_size x 3 RGB (before normalisation)."""
+    return centre_crop(load_square(path, resize_to, interpolation), image_size)
+
+
+def load_input(path: Path | str, resize_to: int, image_size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """A file -> what an exported model takes: float32 3 x image_size x image_size, RGB in [0, 1]. The arguments
+    are the sidecar's `input.recipe`; stack the results of several files for a batch."""
+    pixels = load_pixels(path, resize_to, image_size, interpolation)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)

@@ -1,7 +1,8 @@
 """From a backbone's pretrained config to the pixels it expects.
 
 Images are decoded once into a square uint8 "store" (shorter side resized to `image_size / crop_pct`,
-centre-cropped), the same geometry timm uses for evaluation. From the store:
+centre-cropped), the same geometry timm uses for evaluation; `images.py` defines that decode and the crop
+for every path (`Preprocessing.recipe()` holds its arguments). From the store:
 - evaluation centre-crops `image_size` (exactly timm's eval transform),
 - training applies an augmentation preset on uint8 tensors (torchvision transforms v2),
 - normalisation to the model's mean/std happens on whole batches, on the device that runs the model.
@@ -10,6 +11,7 @@ centre-cropped), the same geometry timm uses for evaluation. From the store:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -17,6 +19,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
+
+from headstart.images import load_square, read_rgb, square_pixels
 
 AUGMENT_PRESETS = ("none", "light", "strong")
 
@@ -36,6 +40,11 @@ class Preprocessing:
     def store_size(self) -> int:
         """Side of the decoded square kept per image: the eval resize, so a centre crop gives eval input."""
         return int(math.floor(self.image_size / self.crop_pct))
+
+    def recipe(self) -> dict:
+        """The arguments of `images.load_pixels` / `load_input` for this model: what `predict` and export's check
+        call, and what an export's sidecar publishes (`input.recipe`) for the serving side."""
+        return {"resize_to": self.store_size, "image_size": self.image_size, "interpolation": self.interpolation}
 
     def with_image_size(self, image_size: int | None) -> Preprocessing:
         return self if image_size is None else replace(self, image_size=int(image_size))
@@ -65,23 +74,23 @@ def suggest_image_size(pre: Preprocessing, median_source_side: float) -> int | N
     return target if target < pre.image_size else None
 
 
-def pil_interpolation(name: str) -> int:
-    return {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}.get(name, Image.BICUBIC)
-
-
 def to_store(img: Image.Image, pre: Preprocessing) -> np.ndarray:
-    """Resize the shorter side to `store_size` and centre-crop a square: H x W x 3 uint8. The centred square is
-    cut from the source first and only it is resized, so a 1 x 30,000 strip costs what a 1 x 1 image does."""
-    size = pre.store_size
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) / 2, (h - side) / 2
-    img = img.resize((size, size), pil_interpolation(pre.interpolation), box=(left, top, left + side, top + side),
-                     reducing_gap=3.0)
-    return np.asarray(img, dtype=np.uint8)
+    """A decoded image -> its square store (S x S x 3 uint8): `images.square_pixels` at this model's size."""
+    return square_pixels(img, pre.store_size, pre.interpolation)
+
+
+def read_store(ref: str, pre: Preprocessing, read: Callable[[str], Image.Image] = read_rgb) -> np.ndarray:
+    """An image of a data set -> its square store, the step every path caches or repeats: files through
+    `images.load_square` (so the reduced-scale JPEG decoding is the same everywhere), images that come from
+    elsewhere (an ImageSet's own `read`, e.g. fashion-mnist's arrays) through the same resize."""
+    if read is read_rgb:
+        return load_square(ref, pre.store_size, pre.interpolation)
+    return to_store(read(ref), pre)
 
 
 def eval_transform(pre: Preprocessing) -> v2.Transform:
+    """The store's centre `image_size` crop on C x H x W tensors: torchvision's op, which cuts the same pixels
+    as `images.centre_crop` (same rounding; tests/test_imagepath.py holds them together)."""
     return v2.CenterCrop(pre.image_size)
 
 

@@ -3,8 +3,8 @@
 One forward pass per image (all stage groups at once, `forward_stages`) gives two measurements:
 
 1. Linear-probe accuracy after each stage group. Features are global-average-pooled, standardised, and a
-   multinomial logistic regression (torch, full-batch L-BFGS) is fitted; its L2 strength is chosen by
-   stratified k-fold cross-validation on train, and the refit is scored on val. Plotted against depth this is
+   logistic regression (scikit-learn, L-BFGS) is fitted; its L2 strength is chosen by stratified k-fold
+   cross-validation on train (scikit-learn's folds), and the refit is scored on val. Plotted against depth this is
    Yosinski et al.'s picture: accuracy rises while the features get more specific to the task, and where it
    stops rising (or falls) the pretrained features stop being the right ones for this data.
 
@@ -25,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from headstart.backbones import StagedModel, load_backbone
@@ -149,59 +153,50 @@ def stage_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, l
 
 
 # ----------------------------------------------------------------------------------------- linear probes
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100) -> nn.Linear:
-    """Multinomial logistic regression on standardised features: full-batch L-BFGS, L2 on the weights. Zero
-    initialisation: deterministic without touching any random generator."""
-    linear = torch.nn.utils.skip_init(nn.Linear, x.shape[1], num_classes)  # no random init to draw: zeros below
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    opt = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe")
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> Pipeline:
+    """Standardised features -> logistic regression minimising mean cross-entropy + l2/2 * ||W||^2 (bias free).
 
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(linear(x), y) + l2 * linear.weight.pow(2).sum() / 2
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return linear
-
-
-def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
-    return [(t - mean) / std for t in (train, *others)]
+    `l2` is a weight decay per sample, so one grid serves any number of images; scikit-learn's C weighs the
+    summed loss, hence C = 1 / (n * l2). With two classes scikit-learn fits one weight vector v for the logit
+    difference where a softmax has two rows (v = w1 - w0, and at the optimum w0 = -w1), so the same penalty
+    there is l2/4 * ||v||^2: C doubles. tests/test_probe.py checks the gradient of that objective is zero."""
+    classes = np.unique(y)
+    c = (2.0 if len(classes) == 2 else 1.0) / (len(y) * l2)
+    # one class (a fold of a tiny set): what a regression would learn, that class always (sklearn refuses to fit it)
+    classifier = LogisticRegression(C=c, max_iter=1000, tol=1e-6) if len(classes) > 1 else DummyClassifier()
+    return make_pipeline(StandardScaler(), classifier).fit(x, y)
 
 
 def stratified_folds(y: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """A fold index per sample: each class spread evenly over the k folds, in a seeded random order."""
-    g = torch.Generator().manual_seed(seed)
-    fold = torch.empty_like(y)
-    for c in y.unique():
-        members = (y == c).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=g)]
-        fold[members] = torch.arange(len(members)) % k
+    """A fold index per sample: each class spread evenly over the k folds, in a seeded random order
+    (scikit-learn's StratifiedKFold)."""
+    fold = torch.zeros(len(y), dtype=torch.long)
+    if k > 1:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        for f, (_, held_out) in enumerate(splitter.split(np.zeros(len(y)), y.numpy())):
+            fold[held_out] = f
     return fold
 
 
 def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
                  num_classes: int, folds: int = 5, grid=L2_GRID, seed: int = 0) -> dict:
-    """CV accuracy on train for each L2 strength, the best one refitted on all of train and scored on val."""
-    fold = stratified_folds(y_train, min(folds, int(torch.bincount(y_train).min())) or 1, seed)
+    """CV accuracy on train for each L2 strength (every image predicted once, by the fold that held it out), the
+    best one refitted on all of train and scored on val."""
+    x, y = x_train.double().numpy(), y_train.numpy()
+    fold = stratified_folds(y_train, min(folds, int(torch.bincount(y_train).min())) or 1,
+                            seed).numpy()
     k = int(fold.max()) + 1
     scores = {}
     for l2 in grid:
-        correct = 0
+        if k == 1:
+            scores[l2] = 0.0
+            continue
+        predicted = np.empty_like(y)
         for f in range(k):
-            if k == 1:
-                break
-            tr, te = fold != f, fold == f
-            a, b = _standardise(x_train[tr], x_train[te])
-            correct += (fit_logistic(a, y_train[tr], num_classes, l2)(b).argmax(1) == y_train[te]).sum().item()
-        scores[l2] = correct / len(y_train) if k > 1 else 0.0
+            predicted[fold == f] = fit_logistic(x[fold != f], y[fold != f], l2).predict(x[fold == f])
+        scores[l2] = float((predicted == y).mean())
     best_l2 = max(grid, key=lambda l2: (scores[l2], l2))  # ties: the stronger regulariser
-    a, b = _standardise(x_train, x_val)
-    val_acc = (fit_logistic(a, y_train, num_classes, best_l2)(b).argmax(1) == y_val).float().mean().item()
+    val_acc = float((fit_logistic(x, y, best_l2).predict(x_val.double().numpy()) == y_val.numpy()).mean())
     return {"cv_accuracy": scores[best_l2], "val_accuracy": val_acc, "l2": best_l2}
 
 
