@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from headstart.analysis.check import CheckReport, check_splits, scan_data
-from headstart.analysis.labels import DEFAULT_FOLDS, LabelIssueReport, with_label_issues
+from headstart.analysis.labels import DEFAULT_FOLDS, LabelIssueReport, check_folds, with_label_issues
 from headstart.analysis.labels import find_label_issues as find_issues_in
 from headstart.analysis.probe import probe
 from headstart.analysis.recommend import Recommendation, measure_and_decide, verification_configs, verification_verdict
@@ -45,6 +45,8 @@ def check_data(data: str | Path, *, deep: bool = True, labels: bool = False, mod
     frozen features and `folds` folds). `out`: write check.json there and, with `labels`, label-issues.png (the
     suspects as an image grid, most suspicious first)."""
     splits = scan_data(data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class)
+    if labels:
+        check_folds(splits.train.labels, splits.classes, folds)  # before the deep check's work, not after it
     report = check_splits(splits, deep=deep)
     if labels:
         found = find_issues_in(splits.train, model, folds=folds, seed=seed, image_size=image_size, weights=weights,

@@ -379,10 +379,15 @@ def check(
 ):
     """Pre-flight DATA: counts, imbalance, unreadable files, duplicates and train/val leakage (and with --labels
     likely label errors). Exit 1 on errors."""
-    from headstart.api import check_data
+    if labels or out:
+        from headstart.api import check_data
 
-    report = check_data(data, deep=not fast, labels=labels, model=model, folds=folds, image_size=image_size,
-                        weights=str(weights) if weights else None, val_fraction=val_fraction, seed=seed, out=out)
+        report = check_data(data, deep=not fast, labels=labels, model=model, folds=folds, image_size=image_size,
+                            weights=str(weights) if weights else None, val_fraction=val_fraction, seed=seed, out=out)
+    else:  # the plain check needs no torch: importing the API (torch, timm) would add seconds to its start
+        from headstart.analysis.check import check_data as check_only
+
+        report = check_only(data, deep=not fast, val_fraction=val_fraction, seed=seed)
     if as_json:
         print_json(report.to_dict())
     else:

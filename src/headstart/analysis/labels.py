@@ -23,11 +23,10 @@ bench/label_issues.py measures how many deliberately flipped labels it finds on 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from headstart.analysis.check import SEVERITY_ORDER, CheckReport, Problem
 from headstart.backbones import StagedModel, load_backbone
@@ -89,11 +88,11 @@ def pooled_features(model: StagedModel, images: ImageSet, *, cache_dir=None, use
 
 
 # --------------------------------------------------------------------------------- out-of-fold probabilities
-def check_folds(labels: np.ndarray, classes: list[str], folds: int) -> None:
+def check_folds(labels: Sequence[int], classes: list[str], folds: int) -> None:
     """Stratified folds need every class in every fold: refuse, with the fix, when a class is too small."""
     if folds < 2:
         raise HeadstartError(f"--folds must be 2 or more, got {folds}")
-    counts = np.bincount(labels, minlength=len(classes))
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     smallest = int(np.argmin(counts))
     if counts[smallest] < folds:
         raise HeadstartError(f"finding label issues with {folds} folds needs at least {folds} training images of "
@@ -152,7 +151,7 @@ def find_label_issues(images: ImageSet, model: str | StagedModel = "efficientnet
     a logistic regression on the frozen backbone's pooled features. `image_size` defaults to the model's own,
     as `train` does, so the features are the cached ones of the `linear` strategy."""
     t0 = time.perf_counter()
-    check_folds(np.asarray(images.labels), images.classes, folds)
+    check_folds(images.labels, images.classes, folds)
     net = model if isinstance(model, StagedModel) else load_backbone(model, weights=weights)
     net.preprocessing = net.preprocessing.with_image_size(image_size)
     features, kept = pooled_features(net, images, cache_dir=cache_dir, use_cache=use_cache, device=device)
