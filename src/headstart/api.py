@@ -3,7 +3,7 @@
     train      one run (pipeline.train): data -> backbone -> strategy -> fit -> run directory
     compare    the controlled experiment: strategies x seeds -> summary.json + reports
     evaluate / predict / export / inspect_model   what a finished run (or a backbone) is used for
-    check / probe / recommend                       decide before training
+    check_data / find_label_issues / probe / recommend   decide before training
 
 The CLI and the notebooks call these functions; none of them has a loop of its own.
 """
@@ -13,23 +13,63 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from headstart.analysis.check import check_data
+from headstart.analysis.check import CheckReport, check_splits, scan_data
+from headstart.analysis.labels import DEFAULT_FOLDS, LabelIssueReport, check_folds, with_label_issues
+from headstart.analysis.labels import find_label_issues as find_issues_in
 from headstart.analysis.probe import probe
 from headstart.analysis.recommend import Recommendation, measure_and_decide, verification_configs, verification_verdict
 from headstart.backbones import count_params, load_backbone
 from headstart.compare import compare
 from headstart.console import info, warn, warn_skipped
-from headstart.data import ImageSet, load_class_folders
+from headstart.data import ImageSet, load_class_folders, load_data
 from headstart.errors import HeadstartError
 from headstart.evaluate import classification_metrics, evaluate_imagenet, evaluate_model, predict_files
 from headstart.export import export_run
 from headstart.pipeline import train
-from headstart.runs import is_run_dir, load_run, read_seen_images, winner_run_dir
+from headstart.report.plots import plot_label_issues
+from headstart.runs import is_run_dir, load_run, read_seen_images, winner_run_dir, write_json
 from headstart.strategies import describe_strategy
 from headstart.train import TrainConfig, resolve_strategy
 
-__all__ = ["TrainConfig", "check_data", "compare", "evaluate", "export", "inspect_model", "predict", "probe",
-           "recommend", "train"]
+__all__ = ["TrainConfig", "check_data", "compare", "evaluate", "export", "find_label_issues", "inspect_model",
+           "predict", "probe", "recommend", "train"]
+
+
+def check_data(data: str | Path, *, deep: bool = True, labels: bool = False, model: str = "efficientnet_lite0",
+               folds: int = DEFAULT_FOLDS, image_size: int | None = None, weights: str | None = None,
+               val_fraction: float = 0.2, seed: int = 0, classes: list[str] | None = None,
+               per_class: int | None = None, out: str | Path | None = None, cache_dir=None,
+               device: str = "auto") -> CheckReport:
+    """Pre-flight `data` (analysis.check): counts, imbalance, unreadable files, duplicates, leakage; `deep=False`
+    decodes nothing. `labels` also looks for mislabelled training images (`find_label_issues`, with `model`'s
+    frozen features and `folds` folds). `out`: write check.json there and, with `labels`, label-issues.png (the
+    suspects as an image grid, most suspicious first)."""
+    splits = scan_data(data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class)
+    if labels:
+        check_folds(splits.train.labels, splits.classes, folds)  # before the deep check's work, not after it
+    report = check_splits(splits, deep=deep)
+    if labels:
+        found = find_issues_in(splits.train, model, folds=folds, seed=seed, image_size=image_size, weights=weights,
+                               cache_dir=cache_dir, device=device)
+        report = with_label_issues(report, found)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "check.json", report.to_dict())
+        if labels:
+            plot_label_issues(report.label_issues, out / "label-issues.png", splits.train.read)
+    return report
+
+
+def find_label_issues(data: str | Path, *, model: str = "efficientnet_lite0", folds: int = DEFAULT_FOLDS,
+                      image_size: int | None = None, weights: str | None = None, val_fraction: float = 0.2,
+                      seed: int = 0, classes: list[str] | None = None, per_class: int | None = None, cache_dir=None,
+                      use_cache: bool = True, device: str = "auto") -> LabelIssueReport:
+    """Likely mislabelled training images of `data`, most suspicious first: cleanlab on out-of-fold probabilities
+    of a logistic regression on `model`'s frozen pooled features (the `linear` strategy's cached ones)."""
+    splits = load_data(data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class)
+    return find_issues_in(splits.train, model, folds=folds, seed=seed, image_size=image_size, weights=weights,
+                          cache_dir=cache_dir, use_cache=use_cache, device=device)
 
 
 def evaluate(model_or_run: str | Path, data: str | Path, *, allow_seen: bool = False, **kwargs) -> dict:

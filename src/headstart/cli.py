@@ -392,40 +392,94 @@ def inspect(
 def check(
     data: str = typer.Argument(..., help=DATA_HELP),
     fast: bool = typer.Option(False, "--fast", help="Only what needs no decoding (what `train` runs first)."),
+    labels: bool = typer.Option(False, "--labels", help="Also find likely mislabelled training images (cleanlab on "
+                                "out-of-fold probabilities of a logistic regression on the frozen features)."),
+    model: str = typer.Option("efficientnet_lite0", help="--labels: the backbone whose frozen features are used."),
+    folds: int = typer.Option(5, help="--labels: stratified folds of the out-of-fold probabilities."),
+    image_size: int = typer.Option(None, help="--labels: working resolution (default: the model's, as train)."),
+    weights: Path = typer.Option(None, help="--labels: state dict file instead of the default weights."),
+    out: Path = typer.Option(None, help="Write check.json here (and with --labels label-issues.png, the suspects "
+                                        "as an image grid)."),
     val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Pre-flight DATA: counts, imbalance, unreadable files, duplicates and train/val leakage. Exit 1 on errors."""
-    from rich.table import Table
+    """Pre-flight DATA: counts, imbalance, unreadable files, duplicates and train/val leakage (and with --labels
+    likely label errors). Exit 1 on errors."""
+    if labels or out:
+        from headstart.api import check_data
 
-    from headstart.analysis.check import check_data
+        report = check_data(data, deep=not fast, labels=labels, model=model, folds=folds, image_size=image_size,
+                            weights=str(weights) if weights else None, val_fraction=val_fraction, seed=seed, out=out)
+    else:  # the plain check needs no torch: importing the API (torch, timm) would add seconds to its start
+        from headstart.analysis.check import check_data as check_only
 
-    report = check_data(data, deep=not fast, val_fraction=val_fraction, seed=seed)
+        report = check_only(data, deep=not fast, val_fraction=val_fraction, seed=seed)
     if as_json:
         print_json(report.to_dict())
     else:
-        table = Table(title=f"{report.source} · imbalance {report.imbalance_ratio or 0:.1f}:1", title_justify="left")
-        for col in ("class", "train", "val"):
-            table.add_column(col, justify="left" if col == "class" else "right")
-        for c in report.classes:
-            table.add_row(c, str(report.counts["train"][c]), str(report.counts["val"][c]))
-        console.print(table)
-        if report.images:
-            sides = report.images["min_side"] or {}
-            console.print(f"{report.images['decoded']} images decoded · shorter side {sides.get('min')}-{sides.get('max')}px "
-                          f"(median {sides.get('median')}) · modes {report.images['modes']}")
-        colour = {"error": "bold red", "warning": "bold yellow", "info": "cyan"}
-        for p in report.problems:
-            console.print(f"[{colour[p.severity]}]{p.severity}[/] {p.message}\n  [green]fix:[/] {p.fix}")
-            for f in p.files[:10]:
-                console.print(f"    {f}")
-            if len(p.files) > 10:
-                console.print(f"    ... and {len(p.files) - 10} more (--json lists all)")
-        if not report.problems:
-            console.print("no problems found")
+        print_check(report)
+        if report.label_issues is not None:
+            print_label_issues(report.label_issues, out)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def print_check(report) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.source} · imbalance {report.imbalance_ratio or 0:.1f}:1", title_justify="left")
+    for col in ("class", "train", "val"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in report.classes:
+        table.add_row(c, str(report.counts["train"][c]), str(report.counts["val"][c]))
+    console.print(table)
+    if report.images:
+        sides = report.images["min_side"] or {}
+        console.print(f"{report.images['decoded']} images decoded · shorter side {sides.get('min')}-{sides.get('max')}px "
+                      f"(median {sides.get('median')}) · modes {report.images['modes']}")
+    colour = {"error": "bold red", "warning": "bold yellow", "info": "cyan"}
+    for p in report.problems:
+        console.print(f"[{colour[p.severity]}]{p.severity}[/] {p.message}\n  [green]fix:[/] {p.fix}")
+        if p.kind == "label-issues":  # its files are listed in the table that follows
+            continue
+        for f in p.files[:10]:
+            console.print(f"    {f}")
+        if len(p.files) > 10:
+            console.print(f"    ... and {len(p.files) - 10} more (--json lists all)")
+    if not report.problems:
+        console.print("no problems found")
+
+
+def print_label_issues(found: dict, out: Path | None, most: int = 30) -> None:
+    """The suspects, most suspicious first, with paths relative to the folder they share (short enough to read)."""
+    import os
+
+    from rich.table import Table
+
+    issues = found["issues"]
+    if not issues:
+        console.print(f"no likely label errors among {found['n_images']} training images "
+                      f"(out-of-fold accuracy {found['oof_accuracy']:.3f})")
+        return
+    paths = [i["path"] for i in issues]
+    common = os.path.commonpath(paths) if all(os.path.isabs(p) for p in paths) else ""
+    common = os.path.dirname(common) if common in paths else common
+    table = Table(title=f"{len(issues)} likely label errors among {found['n_images']} training images"
+                        + (f" · paths under {common}" if common else ""), title_justify="left")
+    for col in ("#", "image", "given", "suspected", "confidence"):
+        table.add_column(col, justify="right" if col in ("#", "confidence") else "left")
+    for rank, issue in enumerate(issues[:most], 1):
+        shown = os.path.relpath(issue["path"], common) if common else issue["path"]
+        table.add_row(str(rank), shown, issue["given"], issue["suspected"], f"{issue['confidence']:.2f}")
+    console.print(table)
+    if len(issues) > most:
+        console.print(f"... and {len(issues) - most} more (--json lists all)")
+    console.print(f"[dim]{found['model']} features at {found['image_size']}px · logistic regression (C={found['c']:g}), "
+                  f"{found['folds']}-fold out-of-fold accuracy {found['oof_accuracy']:.3f} · cleanlab · confidence: "
+                  "the model's probability of the suspected label[/]")
+    console.print(f"image grid: {out / 'label-issues.png'}" if out else
+                  "add --out DIR to see them as an image grid (label-issues.png)")
 
 
 @app.command()

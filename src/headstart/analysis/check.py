@@ -52,6 +52,9 @@ NEAR_DUPLICATE_CORR = 0.85  # correlation of the 64x64 thumbnails that confirms 
 # 3 of 45 CIFAR copies (shifted crops, an overlaid caption) correlate 0.72-0.82 and are no longer reported.
 
 
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}  # problems are listed in this order
+
+
 @dataclass
 class Problem:
     kind: str
@@ -71,6 +74,7 @@ class CheckReport:
     deep: bool
     images: dict = field(default_factory=dict)  # deep only: sizes and modes
     imbalance: dict | None = None  # only when flagged: ratio, largest, smallest, counts (train), handling
+    label_issues: dict | None = None  # `check --labels` only: analysis.labels.LabelIssueReport as a dict
 
     @property
     def ok(self) -> bool:
@@ -135,8 +139,7 @@ def check_splits(splits: DataSplits, *, deep: bool = True, near_bits: int = NEAR
     else:
         keys = [_file_key(image_set, r) for image_set, r in items]
         problems += _duplicate_problems(refs, keys, splits.classes, "duplicate", "byte-identical")
-    order = {"error": 0, "warning": 1, "info": 2}
-    problems.sort(key=lambda p: order[p.severity])
+    problems.sort(key=lambda p: SEVERITY_ORDER[p.severity])
     return CheckReport(splits.source, splits.classes, counts, imbalance_ratio, problems, deep, images, imbalance)
 
 

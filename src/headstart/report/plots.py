@@ -1,9 +1,10 @@
 """Figures people would rather look at than read: learning curves, confusion matrices, what fine-tuning
-changed (the forgetting monitor) and what transfers (the probe)."""
+changed (the forgetting monitor), what transfers (the probe) and which labels look wrong (check --labels)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -120,3 +121,29 @@ def plot_probe(report, path: str | Path) -> Path:
     ax_acc.legend()
     return save(fig, path, f"{report.model} on {Path(report.data).name} · {report.n_train} train images at "
                            f"{report.image_size}px")
+
+
+def plot_label_issues(found: dict, path: str | Path, read: Callable, most: int = 24, columns: int = 6) -> Path:
+    """The suspected label errors as a grid of images, most suspicious first, each titled with its given label,
+    the label the model suspects and the model's confidence in it: a person decides in seconds per image what
+    a table of file names leaves open. `read(ref)` opens an image (the data's own reader)."""
+    issues = found["issues"][:most]
+    if not issues:
+        fig, ax = plt.subplots(figsize=(5, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no label issues among {found['n_images']} training images", ha="center", va="center")
+        return save(fig, path)
+    rows = -(-len(issues) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, issue in zip(axes.flat, issues):
+        img = read(issue["path"])
+        img.thumbnail((256, 256))
+        ax.imshow(np.asarray(img))
+        ax.set_title(f"given {issue['given']}\nlooks {issue['suspected']} ({issue['confidence']:.2f})", fontsize=8)
+        ax.text(0.5, -0.04, Path(issue["path"]).name[:28], transform=ax.transAxes, ha="center", va="top", fontsize=6)
+    shown = f"the {len(issues)} most suspicious of {len(found['issues'])}" if len(found["issues"]) > len(issues) else \
+        f"{len(issues)}"
+    return save(fig, path, f"{shown} likely label errors among {found['n_images']} training images "
+                           f"({found['model']} features, {found['folds']}-fold out-of-fold probabilities, cleanlab)")
