@@ -176,8 +176,8 @@ def compare(
                                     per_class=per_class, val_per_class=val_per_class, test_fraction=test_fraction,
                                     val_as_test=val_as_test)
     # with --devices N the other processes start here, before any run directory is read, so all of them see the
-    # same finished runs when they decide what is left to do
-    first = engine.start(base.device, base.devices).is_global_zero
+    # same finished runs when they decide what is left to do (cells on Ray train elsewhere: the driver needs no device)
+    first = executor.parallel or engine.start(base.device, base.devices).is_global_zero
     out = Path(out)
     # one process writes into a comparison folder: a second compare --out into it stops at once, naming the first
     with run_folder_lock(out) if first else nullcontext():

@@ -38,12 +38,14 @@ from pathlib import Path
 
 from headstart.console import info, warn
 from headstart.errors import HeadstartError
+from headstart.files import folder_lock
 from headstart.progress import cells_view
 from headstart.train import TrainConfig
 
 INSTALL_RAY = "--executor ray needs Ray: pip install 'headstart[cluster]' (or pip install 'ray>=2.9')"
 WORKER_DEATH_RETRIES = 3  # attempts after the first when the worker process dies (not when the cell raises)
 CANCEL_GRACE_S = 30.0  # after Ctrl-C, how long cancelled cells get to save their resume point
+LOCK_WAIT_S = 120.0  # how long a retried cell waits for the folder its dead worker's children still hold
 
 
 @dataclass(frozen=True)
@@ -137,14 +139,16 @@ class CellResources:
 
 
 def plan_resources(cluster: dict[str, float], cpus: float | None = None, gpus: float | None = None,
-                   memory_gb: float | None = None, max_parallel: int | None = None) -> CellResources:
+                   memory_gb: float | None = None, max_parallel: int | None = None,
+                   use_gpus: bool = True) -> CellResources:
     """A cell's request on `cluster` (Ray's resource totals). By default a cell takes one GPU when the cluster
-    has any (a fraction when asked: several small runs share a card), and its share of the CPUs that come with
+    has any and the runs may use one (`use_gpus`: not with --device cpu), a fraction when asked (several small
+    runs share a card), and its share of the CPUs that come with
     that GPU (they decode and augment); on CPUs alone, one core (torch then uses one thread: two cells on two
     cores beat one cell on two, since small models do not scale across threads). At once: what the scarcest
     resource allows, capped by `max_parallel`."""
     total_cpus, total_gpus = cluster.get("CPU", 1.0), cluster.get("GPU", 0.0)
-    gpus = (1.0 if total_gpus else 0.0) if gpus is None else gpus
+    gpus = (1.0 if total_gpus and use_gpus else 0.0) if gpus is None else gpus
     if gpus > total_gpus:
         raise HeadstartError(f"--gpus-per-cell {gpus:g}: the Ray cluster has {total_gpus:g} GPUs")
     if cpus is None:
@@ -203,7 +207,7 @@ class RayExecutor:
         ray = import_ray()
         with connected(ray, self) as cluster:
             plan = plan_resources(cluster, self.cpus_per_cell, self.gpus_per_cell, self.memory_per_cell_gb,
-                                  self.max_parallel)
+                                  self.max_parallel, use_gpus=all(c.cfg.device != "cpu" for c in cells))
             gpus = f", {cluster.get('GPU', 0):g} GPUs" if cluster.get("GPU") else ""
             info(f"ray: {cluster.get('CPU', 0):g} CPUs{gpus} · {plan.describe()} · {len(cells)} cells")
             if not cells:
@@ -218,7 +222,11 @@ class RayExecutor:
 
 
 def run_cell(work: Work, cell: Cell) -> dict | None:
-    """The body of a Ray task: one cell, in a worker process."""
+    """The body of a Ray task: one cell, in a worker process. A retried cell first waits for its folder: the
+    lock of the worker that died goes with it, but loader processes it had forked hold it for a few seconds
+    more (they leave when they notice), and the run would otherwise refuse the folder as in use."""
+    with folder_lock(cell.directory, timeout=LOCK_WAIT_S):
+        pass
     return work(cell)
 
 
@@ -230,10 +238,8 @@ def connected(ray, executor: RayExecutor) -> Iterator[dict[str, float]]:
     owned = not ray.is_initialized()
     if owned:
         try:
-            ray.init(address=executor.address, num_cpus=executor.num_cpus if executor.address is None else None,
-                     num_gpus=executor.num_gpus if executor.address is None else None, include_dashboard=False,
-                     log_to_driver=False, logging_level="ERROR")
-        except (ConnectionError, RuntimeError, ValueError) as e:
+            ray.init(**init_arguments(executor))
+        except Exception as e:  # (Ray raises plain Exceptions too, e.g. a node that did not start in time)
             where = executor.address or "a local Ray instance"
             raise HeadstartError(f"could not start Ray on {where}: {one_line(e)}; check --address "
                                  "(a running cluster: ray start --head) or drop it for a local one") from None
@@ -242,6 +248,15 @@ def connected(ray, executor: RayExecutor) -> Iterator[dict[str, float]]:
     finally:
         if owned:
             ray.shutdown()
+
+
+def init_arguments(executor: RayExecutor) -> dict:
+    """ray.init's arguments: a cluster is joined as it is; a local instance gets the cores and GPUs asked for (all
+    by default) and no dashboard. The workers' output stays in Ray's logs either way."""
+    quiet = {"log_to_driver": False, "logging_level": "ERROR"}
+    if executor.address:
+        return {"address": executor.address, **quiet}
+    return {"num_cpus": executor.num_cpus, "num_gpus": executor.num_gpus, "include_dashboard": False, **quiet}
 
 
 def dispatch(ray, cells: list[Cell], submit: Callable[[Cell], object], at_once: int,
