@@ -87,7 +87,8 @@ class HangIn:
             return train(splits, cfg, directory, **kwargs)
         self.log.write_text("started\n")
         try:
-            time.sleep(60)
+            for _ in range(600):  # in slices: ray.cancel interrupts the main thread between bytecodes, not a sleep
+                time.sleep(0.1)
         except KeyboardInterrupt:
             self.log.write_text("started\ncancelled\n")
             raise
