@@ -15,6 +15,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -54,6 +55,7 @@ def cache(tmp_path_factory):
 def serial(data, cache, tmp_path_factory):
     """The reference: the comparison run one cell after another in this process."""
     out = tmp_path_factory.mktemp("serial")
+    torch.set_num_threads(1)  # as many threads as a Ray cell holds CPUs: the same sums in the same order
     return out, compare(data, STRATEGIES, SEEDS, out, tiny_config(cache_dir=str(cache)), val_as_test=True)
 
 
@@ -147,6 +149,7 @@ def test_a_cell_that_raises_on_bad_data_is_reported_and_the_others_finish(execut
                                                                          monkeypatch, request):
     if executor == "ray":
         request.getfixturevalue("ray_cluster")
+    torch.set_num_threads(1)  # (a serial cell then computes what the reference did)
     reference, _ = serial
     out = copy_runs(reference, tmp_path / "bad", leave_out=[("linear", 1), ("scratch", 1)])
     log = tmp_path / "attempts.txt"

@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from headstart.console import info, warn
 from headstart.errors import HeadstartError
 from headstart.files import folder_lock
@@ -218,13 +220,17 @@ class RayExecutor:
                 options["memory"] = plan.memory_bytes
             task = ray.remote(run_cell).options(**options)
             work_ref = ray.put(work)  # the data split travels once, not once per cell
-            return dispatch(ray, cells, lambda cell: task.remote(work_ref, cell), plan.at_once, self.retries)
+            threads = max(1, int(plan.cpus))
+            return dispatch(ray, cells, lambda cell: task.remote(work_ref, cell, threads), plan.at_once, self.retries)
 
 
-def run_cell(work: Work, cell: Cell) -> dict | None:
-    """The body of a Ray task: one cell, in a worker process. A retried cell first waits for its folder: the
-    lock of the worker that died goes with it, but loader processes it had forked hold it for a few seconds
-    more (they leave when they notice), and the run would otherwise refuse the folder as in use."""
+def run_cell(work: Work, cell: Cell, threads: int) -> dict | None:
+    """The body of a Ray task: one cell, in a worker process, with `threads` torch threads (one per CPU it
+    holds). The thread count is part of what a CPU run computes: torch splits its sums by thread, so 1 and 2
+    threads differ in the 6th-7th digit; a cell equals, weight for weight, a serial run with as many threads.
+    A retried cell first waits for its folder: the lock of the worker that died goes with it, but loader
+    processes it had forked hold it a few seconds more, and the run would otherwise refuse the folder as in use."""
+    torch.set_num_threads(threads)
     with folder_lock(cell.directory, timeout=LOCK_WAIT_S):
         pass
     return work(cell)
