@@ -1,7 +1,8 @@
 """The library API: the jobs a user runs, each composed from the modules below it.
 
     train      one run (pipeline.train): data -> backbone -> strategy -> fit -> run directory
-    compare    the controlled experiment: strategies x seeds -> summary.json + reports
+    compare    the controlled experiment: strategies x seeds -> summary.json + reports (its cells run here one
+               after another, or as Ray tasks: executor=RayExecutor(...))
     evaluate / predict / export / inspect_model   what a finished run (or a backbone) is used for
     check_data / find_label_issues / probe / recommend   decide before training
 
@@ -24,6 +25,7 @@ from headstart.console import info, warn, warn_skipped
 from headstart.data import ImageSet, load_class_folders, load_data
 from headstart.errors import HeadstartError
 from headstart.evaluate import classification_metrics, evaluate_imagenet, evaluate_model, predict_files
+from headstart.executors import RayExecutor, SerialExecutor
 from headstart.export import export_run
 from headstart.pipeline import train
 from headstart.report.plots import plot_label_issues
@@ -31,8 +33,8 @@ from headstart.runs import is_run_dir, load_run, read_seen_images, winner_run_di
 from headstart.strategies import describe_strategy
 from headstart.train import TrainConfig, resolve_strategy
 
-__all__ = ["TrainConfig", "check_data", "compare", "evaluate", "export", "find_label_issues", "inspect_model",
-           "predict", "probe", "recommend", "train"]
+__all__ = ["RayExecutor", "SerialExecutor", "TrainConfig", "check_data", "compare", "evaluate", "export",
+           "find_label_issues", "inspect_model", "predict", "probe", "recommend", "train"]
 
 
 def check_data(data: str | Path, *, deep: bool = True, labels: bool = False, model: str = "efficientnet_lite0",

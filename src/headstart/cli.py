@@ -187,6 +187,16 @@ def compare(
     precision: str = PRECISION_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep every run's resume point."),
+    executor: str = typer.Option("serial", help="serial: the runs one after another in this process; ray: every run "
+                                                "a Ray task, side by side (pip install 'headstart[cluster]')."),
+    address: str = typer.Option(None, help="ray: an existing cluster ('auto', 'ray://head:10001'); default: a local "
+                                           "Ray instance on this machine's cores and GPUs."),
+    max_parallel: int = typer.Option(None, help="ray: at most this many runs at once (default: what the resources "
+                                                "allow)."),
+    cpus_per_cell: float = typer.Option(None, help="ray: CPUs per run (default 1; with GPUs, their share of the CPUs)."),
+    gpus_per_cell: float = typer.Option(None, help="ray: GPUs per run, a fraction shares one (default 1 if the cluster "
+                                                   "has GPUs, else 0)."),
+    memory_per_cell: float = typer.Option(None, help="ray: memory per run in GB (Ray then schedules by it)."),
 ):
     """Train several strategies × seeds under identical conditions; judge them on test images nothing was selected
     on (a test split, --val-as-test, --test-fraction or --folds); write summary.json and report.html.
@@ -194,6 +204,8 @@ def compare(
     Finished runs are kept: after Ctrl-C, the same command finishes only the missing runs."""
     from headstart.api import TrainConfig, compare as compare_api
 
+    runner = cell_executor(executor, address=address, max_parallel=max_parallel, cpus_per_cell=cpus_per_cell,
+                           gpus_per_cell=gpus_per_cell, memory_per_cell=memory_per_cell)
     try:
         seed_list = [int(s) for s in split_list(seeds) or []]
     except ValueError:
@@ -206,7 +218,7 @@ def compare(
     summary = compare_api(data, split_list(strategies) or [], seed_list, out, cfg, per_class=per_class,
                           val_per_class=val_per_class, classes=split_list(classes), val_fraction=val_fraction,
                           data_seed=data_seed, test_fraction=test_fraction, val_as_test=val_as_test, folds=folds,
-                          command=shlex.join(["headstart", *sys.argv[1:]]))
+                          command=shlex.join(["headstart", *sys.argv[1:]]), executor=runner)
     if summary is None:  # an extra process of --devices N: the first one reports
         return
     if as_json:
@@ -233,6 +245,25 @@ def compare(
     for line in findings(summary)[1:]:
         console.print(line)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]  (also report.md, summary.json)")
+    if summary["failed"]:  # the report stands on the runs that finished; the exit status says it is incomplete
+        raise typer.Exit(1)
+
+
+def cell_executor(name: str, *, address: str | None, max_parallel: int | None, cpus_per_cell: float | None,
+                  gpus_per_cell: float | None, memory_per_cell: float | None):
+    """--executor and its options as the library's executor; the Ray options refused without --executor ray."""
+    from headstart.api import RayExecutor, SerialExecutor
+
+    ray_options = {"address": address, "max_parallel": max_parallel, "cpus_per_cell": cpus_per_cell,
+                   "gpus_per_cell": gpus_per_cell, "memory_per_cell_gb": memory_per_cell}
+    if name == "serial":
+        given = [k for k, v in ray_options.items() if v is not None]
+        if given:
+            raise HeadstartError(f"--{given[0].replace('_gb', '').replace('_', '-')} is an option of --executor ray")
+        return SerialExecutor()
+    if name == "ray":
+        return RayExecutor(**ray_options)
+    raise HeadstartError(f"--executor must be serial or ray, got {name!r}")
 
 
 @app.command()

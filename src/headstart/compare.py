@@ -2,8 +2,9 @@
 selected on, with intervals and a verdict.
 
     load_data once (one split, one subsample: every run sees the same images) -- or kfold_splits (K folds)
-      -> for seed, fold, strategy: pipeline.train(...) into out/runs/<strategy>-seed<seed>
-         (or <strategy>-fold<k>-seed<seed>); finished runs whose images match are skipped
+      -> for seed, fold, strategy: one cell, pipeline.train(...) into out/runs/<strategy>-seed<seed>
+         (or <strategy>-fold<k>-seed<seed>); finished runs whose images match are skipped; the executor runs the
+         rest one after another here, or side by side as Ray tasks (executors.py); a cell that fails is recorded
       -> summarize(out): per strategy the test metric with its 95% interval (stats.metric_interval), the
          verdict (stats.verdict: a winner only when it beats every other; otherwise the tied set, and the
          cheapest of it recommended), the selection figures kept apart -> summary.json, report.html, report.md
@@ -27,8 +28,9 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +39,14 @@ import torch
 from headstart import engine
 from headstart.report.html import write_compare_report
 from headstart.report.markdown import write_compare_markdown
-from headstart.console import info
+from headstart.backbones import resolve_backbone
+from headstart.cache import decode_images
+from headstart.console import info, warn
 from headstart.data import DataSplits, kfold_splits, load_data, role_fingerprints
 from headstart.errors import HeadstartError
 from headstart.evaluate import classification_metrics
+from headstart.executors import Cell, CellOutcome, RayExecutor, SerialExecutor
+from headstart.paths import cache_root
 from headstart.pipeline import train as train_run
 from headstart.runs import (
     CONFIG_FILE, HISTORY_FILE, RUN_FILE, SUMMARY_FILE, cell_dir, read_history, read_run, read_test_predictions,
@@ -141,6 +147,7 @@ def compare(
     folds: int | None = None,
     command: str | None = None,
     report: bool = True,
+    executor: SerialExecutor | RayExecutor | None = None,
 ) -> dict | None:
     """Train every strategy × seed (× fold) into `out/runs/`, skipping finished runs; write summary.json and the
     reports; return the summary. Ctrl-C stops after the current run's checkpoint: run it again to finish.
@@ -149,7 +156,12 @@ def compare(
     `val_as_test` (its val/ becomes test), from `test_fraction` (held out of unsplit data) or from `folds`
     (K-fold cross-validation); without any of them compare refuses, before training anything.
     `val_per_class` caps val (data.subsample_per_class, with `data_seed`).
-    With `base.devices` > 1 every run is data-parallel (see `pipeline.train`); the extra processes return None."""
+    With `base.devices` > 1 every run is data-parallel (see `pipeline.train`); the extra processes return None.
+
+    `executor` runs the cells: `SerialExecutor()` (the default) one after another here, `RayExecutor(...)` as
+    Ray tasks (see `headstart.executors`). Either way a cell that raises is recorded and the others go on: the
+    summary's `failed` lists it with its error, its strategy is left out of the verdict (`left_out`; its other
+    seeds would not be paired with the rest), and the next run of the same comparison tries it again."""
     if not strategies or not seeds:
         raise HeadstartError("give at least one strategy and one seed")
     if len(set(strategies)) != len(strategies) or len(set(seeds)) != len(seeds):
@@ -158,54 +170,118 @@ def compare(
     base = base or TrainConfig(patience=None)
     epochs = base.epochs or max(spec.epochs for spec in specs)
     augment = base.augment or DEFAULT_AUGMENT
+    executor = cell_executor(executor, base)
+    executor.check()  # (without Ray installed: how to install it, before any data is read)
     fold_splits = experiment_splits(data, folds, val_fraction=val_fraction, data_seed=data_seed, classes=classes,
                                     per_class=per_class, val_per_class=val_per_class, test_fraction=test_fraction,
                                     val_as_test=val_as_test)
     # with --devices N the other processes start here, before any run directory is read, so all of them see the
-    # same finished runs when they decide what is left to do
-    first = engine.start(base.device, base.devices).is_global_zero
+    # same finished runs when they decide what is left to do (cells on Ray train elsewhere: the driver needs no device)
+    first = executor.parallel or engine.start(base.device, base.devices).is_global_zero
     out = Path(out)
     # one process writes into a comparison folder: a second compare --out into it stops at once, naming the first
     with run_folder_lock(out) if first else nullcontext():
         fold_ids = list(range(1, folds + 1)) if folds else [None]
         identities = {k: data_identity(fold_splits[i], per_class, data_seed) for i, k in enumerate(fold_ids)}
         # seed-major: each finished seed is a full comparison
-        cells = [(s, seed, k) for seed in seeds for k in fold_ids for s in strategies]
-        todo = [(s, seed, k) for s, seed, k in cells
-                if not is_finished(cell_dir(out, s, seed, k), run_config(base, s, seed, epochs, augment), identities[k])]
+        cells = [Cell(s, seed, k, run_config(base, s, seed, epochs, augment), cell_dir(out, s, seed, k))
+                 for seed in seeds for k in fold_ids for s in strategies]
+        todo = [c for c in cells if not is_finished(c.directory, c.cfg, identities[c.fold])]
         splits = fold_splits[0]
         folds_note = f" × {folds} folds" if folds else ""
         sizes = (f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images" if not folds else
                  f"{sum(len(f.test) for f in fold_splits)} images, each tested once per seed")
         info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds{folds_note} = {len(cells)} runs, "
              f"{len(cells) - len(todo)} already finished · {epochs} epochs · augment {augment} · {sizes}")
-        for i, (strategy, seed, k) in enumerate(todo, 1):
-            info(f"[bold]run {i}/{len(todo)}: {strategy}, seed {seed}{f', fold {k}' if k else ''}[/]")
-            cfg = run_config(base, strategy, seed, epochs, augment)
-            run = train_run(fold_splits[fold_ids.index(k)], cfg, cell_dir(out, strategy, seed, k), per_class=per_class,
-                            data_seed=data_seed, command=command)
-            if run is None:  # an extra process: the first one writes the run
-                continue
-            if run.get("interrupted"):
-                info(f"interrupted: {len(todo) - i + 1} runs left; run the same command again to finish them")
-                raise KeyboardInterrupt
+        if executor.parallel and todo:
+            todo = shared_cache(todo, base)
+            warm_decoded_store(fold_splits, todo[0].cfg)
+        work = CellWork(fold_splits, fold_ids, per_class, data_seed, command, train_run)
+        outcomes = executor.run(todo, work) if todo else []
         if not first:
             return None
-        summary = summarize(out, strategies, seeds, folds=folds, num_classes=len(splits.classes))
+        failed = [o for o in outcomes if o.failed]
+        complete = [s for s in strategies if not any(o.cell.strategy == s for o in failed)]
+        if not complete:
+            raise HeadstartError(f"every strategy has a failed run ({len(failed)} of {len(todo)} failed); the first, "
+                                 f"{failed[0].cell.name}: {failed[0].error}")
+        summary = summarize(out, complete, seeds, folds=folds, num_classes=len(splits.classes))
+        summary["failed"] = [failure_record(out, o) for o in failed]
+        summary["left_out"] = [s for s in strategies if s not in complete]
         summary["setup"] = {"data": splits.source, "classes": splits.classes, "n_train": len(splits.train),
                             "n_val": len(splits.val), "n_test": summary["n_test"], "per_class": per_class,
                             "val_per_class": val_per_class, "test_fraction": test_fraction, "val_as_test": val_as_test,
                             "folds": folds, "roles": splits.roles if not folds else _folds_roles(splits.roles, folds),
                             "evidence": evidence_note(fold_splits, folds, summary["n_test"], summary["selected_on"]),
                             "data_seed": data_seed, "model": base.model, "image_size": summary.pop("image_size"),
-                            "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": list(strategies),
+                            "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": complete,
                             "command": command, "environment": summary.pop("environment")}
         write_json(out / SUMMARY_FILE, summary)
+        if failed:
+            warn(f"{len(failed)} of {len(todo)} runs failed; left out of the verdict: {', '.join(summary['left_out'])} "
+                 f"(errors in {out / SUMMARY_FILE}, 'failed'; run the same command again to retry them)")
         if report:
             html_path = write_compare_report(out, summary)
             write_compare_markdown(out, summary)
             info(f"report: {html_path}")
         return summary
+
+
+@dataclass(frozen=True)
+class CellWork:
+    """What every cell of one experiment does, wherever it runs: `train` (pipeline.train) on its fold's split,
+    with its own config, into its own directory. It carries the split itself (not the arguments that make it),
+    so a worker on another machine trains on exactly the driver's images, by content."""
+
+    fold_splits: list[DataSplits]
+    fold_ids: list[int | None]
+    per_class: int | None
+    data_seed: int
+    command: str | None
+    train: Callable[..., dict | None]
+
+    def __call__(self, cell: Cell) -> dict | None:
+        return self.train(self.fold_splits[self.fold_ids.index(cell.fold)], cell.cfg, cell.directory,
+                          per_class=self.per_class, data_seed=self.data_seed, command=self.command)
+
+
+def cell_executor(executor: SerialExecutor | RayExecutor | None, base: TrainConfig) -> SerialExecutor | RayExecutor:
+    """The executor of this experiment; with --devices N, serial and stopping at the first error (every process
+    runs every cell in step with the others: see `SerialExecutor`)."""
+    if base.devices > 1:
+        if executor is not None and executor.parallel:
+            raise HeadstartError("--devices N spreads one run over N processes; --executor ray spreads the runs: "
+                                 "use one of them (with ray, --gpus-per-cell)")
+        return SerialExecutor(keep_going=False)
+    return executor or SerialExecutor()
+
+
+def shared_cache(cells: list[Cell], base: TrainConfig) -> list[Cell]:
+    """The cells with the cache folder spelled out as the driver sees it, so every worker reads and fills the same
+    one (not its own $HEADSTART_CACHE or home folder); on several machines it must be shared storage."""
+    folder = str(cache_root(base.cache_dir).resolve())
+    return [replace(c, cfg=replace(c.cfg, cache_dir=folder)) for c in cells]
+
+
+def warm_decoded_store(fold_splits: list[DataSplits], cfg: TrainConfig) -> None:
+    """Decode every role's images into the cache before the cells start, once, in this process: cells that run
+    side by side then all read the entries instead of queueing on their locks (`cache.cached_entry`: the first
+    decodes, the rest wait with their CPUs reserved). The key is the one `pipeline.decode_split` computes: the
+    images' content and the backbone's store geometry at `cfg.image_size`, the same for every strategy."""
+    if not cfg.use_cache:
+        return
+    pre = resolve_backbone(cfg.model).preprocessing.with_image_size(cfg.image_size)
+    for splits in fold_splits:
+        for role, images in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+            if images is not None:
+                decode_images(images, pre, cfg.cache_dir, label=f"decode {role}")
+
+
+def failure_record(out: Path, outcome: CellOutcome) -> dict:
+    """A failed cell as summary.json keeps it: which cell, where, the error in one line and the traceback."""
+    cell = outcome.cell
+    return {"strategy": cell.strategy, "seed": cell.seed, "fold": cell.fold,
+            "run_dir": cell.directory.relative_to(out).as_posix(), "error": outcome.error, "details": outcome.details}
 
 
 def experiment_splits(data: str | Path | DataSplits, folds: int | None, *, val_fraction: float, data_seed: int,

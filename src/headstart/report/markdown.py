@@ -53,7 +53,7 @@ def findings(summary: dict) -> list[str]:
     metric = summary["metric"].replace("_", " ")
     n_train = summary.get("setup", {}).get("n_train")
     images = f"{n_train} training images" if n_train else "the same training images"
-    out = [headline(summary)]
+    out = [headline(summary)] + failures(summary)
     if not set(summary["verdict"]["above_chance"]):
         return out + [f"Every strategy's test {metric} interval reaches down to chance ({pct(summary['chance'])}): "
                       "whatever the val figures say, nothing here has learned something that carries to new images."]
@@ -111,6 +111,17 @@ def findings(summary: dict) -> list[str]:
                        f"{pct(table[worst]['final_train_accuracy_mean'])} vs val "
                        f"{pct(table[worst]['final_train_accuracy_mean'] - table[worst]['gap_mean'])} in the last epoch).")
     return out
+
+
+def failures(summary: dict) -> list[str]:
+    """Runs that failed (compare records them and goes on): which, why, and what was left out of the verdict."""
+    failed = summary.get("failed") or []
+    if not failed:
+        return []
+    cells = "; ".join(f"{f['strategy']} seed {f['seed']}" + (f" fold {f['fold']}" if f.get("fold") else "")
+                      + f": {f['error']}" for f in failed)
+    return [f"{len(failed)} run{'s' if len(failed) > 1 else ''} failed ({cells}); left out of the verdict: "
+            f"{', '.join(summary.get('left_out') or [])}. Run the same command again to retry them."]
 
 
 def evidence(summary: dict) -> str:
