@@ -150,6 +150,13 @@ def test_a_finished_run_with_other_settings_is_refused(finished, data):
         compare(data, ["scratch"], [0], out, tiny_config(epochs=3, cache_dir=str(out / "cache")), val_as_test=True)
 
 
+def test_a_finished_run_in_another_precision_is_refused(finished, data):
+    out, _ = finished  # the finished runs used the default precision (auto)
+    with pytest.raises(HeadstartError, match="other settings.*precision: auto vs fp32"):
+        compare(data, ["scratch"], [0], out, tiny_config(precision="fp32", cache_dir=str(out / "cache")),
+                val_as_test=True)
+
+
 @pytest.mark.parametrize("other_data", [dict(per_class=4), dict(val_per_class=1)])
 def test_a_finished_run_on_other_data_is_refused(finished, data, other_data):
     """Same training settings, other images (a subsample, a smaller val set): not the same experiment."""

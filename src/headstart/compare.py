@@ -102,6 +102,8 @@ def is_finished(directory: Path, cfg: TrainConfig, data: dict | None = None) -> 
     config = json.loads((directory / CONFIG_FILE).read_text())
     done, wanted = config["train"], cfg.to_dict()
     differ = [f"{k}: {done.get(k)} vs {wanted.get(k)}" for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)]
+    if done.get("precision", "auto") != wanted.get("precision", "auto"):  # runs before --precision ran as auto
+        differ.append(f"precision: {done.get('precision', 'auto')} vs {wanted.get('precision', 'auto')}")
     recorded = {**config, "data": _resolved(config.get("data", ""))}
     data = dict(data or {})
     fingerprints = data.pop("fingerprints", None)
