@@ -370,6 +370,16 @@ register_backbone(BackboneSpec(
 ))
 
 
+def _timm_has_tag(arch: str) -> bool:
+    """Whether timm knows the pretrained tag of 'arch.tag' (timm returns None or raises, by version)."""
+    import timm
+
+    try:
+        return timm.models.get_pretrained_cfg(arch) is not None
+    except RuntimeError:
+        return False
+
+
 def resolve_backbone(name: str) -> BackboneSpec:
     """Find the spec for `name`: the registry, then timm (a name with or without its pretrained tag), then
     torchvision."""
@@ -379,7 +389,7 @@ def resolve_backbone(name: str) -> BackboneSpec:
     import timm
 
     if family in ("", "timm") and timm.is_model(arch):
-        if "." in arch and timm.models.get_pretrained_cfg(arch) is None:
+        if "." in arch and not _timm_has_tag(arch):
             tags = timm.list_pretrained(f"{arch.partition('.')[0]}.*")
             raise HeadstartError(f"timm has no pretrained tag '{arch}': use one of {', '.join(tags[:6]) or 'none'}")
         return BackboneSpec(name, timm_builder(arch), lambda offline: _timm_hub_weights(arch, offline),
