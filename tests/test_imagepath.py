@@ -218,7 +218,7 @@ def test_reduced_scale_decoding_is_part_of_the_one_definition(tmp_path):
     Image.fromarray(picture(160, 120)).save(path, quality=90)
     full = np.asarray(read_rgb(path))
     reduced = np.asarray(read_rgb(path, min_size=30))
-    assert full.shape[:2] == (120, 160) and reduced.shape[:2] == (60, 80)  # the decoder took the 1/2 scale
+    assert full.shape[:2] == (120, 160) and reduced.shape[:2] == (30, 40)  # the 1/4 scale: never below 30
     recipe = {"resize_to": 30, "image_size": 27, "interpolation": "bicubic"}
     from headstart.images import square_pixels
 
