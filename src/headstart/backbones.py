@@ -370,16 +370,6 @@ register_backbone(BackboneSpec(
 ))
 
 
-def _timm_has_tag(arch: str) -> bool:
-    """Whether timm knows the pretrained tag of 'arch.tag' (timm returns None or raises, by version)."""
-    import timm
-
-    try:
-        return timm.models.get_pretrained_cfg(arch) is not None
-    except RuntimeError:
-        return False
-
-
 def resolve_backbone(name: str) -> BackboneSpec:
     """Find the spec for `name`: the registry, then timm (a name with or without its pretrained tag), then
     torchvision."""
@@ -389,7 +379,7 @@ def resolve_backbone(name: str) -> BackboneSpec:
     import timm
 
     if family in ("", "timm") and timm.is_model(arch):
-        if "." in arch and not _timm_has_tag(arch):
+        if "." in arch and not _is_timm_tag(arch):
             tags = timm.list_pretrained(f"{arch.partition('.')[0]}.*")
             raise HeadstartError(f"timm has no pretrained tag '{arch}': use one of {', '.join(tags[:6]) or 'none'}")
         return BackboneSpec(name, timm_builder(arch), lambda offline: _timm_hub_weights(arch, offline),
@@ -402,6 +392,16 @@ def resolve_backbone(name: str) -> BackboneSpec:
                                 _torchvision_preprocessing(arch), "torchvision")
     hint = ", ".join(registered_backbones()[:4])
     raise HeadstartError(f"unknown model '{name}': use a registered one ({hint}, ...), a timm name or torchvision:NAME")
+
+
+def _is_timm_tag(name: str) -> bool:
+    """`arch.tag` names one of timm's pretrained weights (timm raises on an unknown tag)."""
+    import timm
+
+    try:
+        return timm.models.get_pretrained_cfg(name) is not None
+    except RuntimeError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------ pretrained weights
