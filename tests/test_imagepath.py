@@ -121,9 +121,9 @@ def test_the_input_is_the_picture_a_viewer_shows(setup):
     """Upright (the bright corner block ends up top-right after the EXIF rotation), transparency on white."""
     pre = setup["model"].preprocessing
     upright = load_pixels(setup["kinds"]["exif_rotated"], **pre.recipe()).astype(int)
-    assert upright[1, -2].min() > 225 and upright[1, 1].min() < 200  # corner block: top-right now, not top-left
+    assert upright[1, -2].min() > 215 and upright[1, 1].min() < 200  # corner block: top-right now, not top-left
     rgba = load_pixels(setup["kinds"]["rgba"], **pre.recipe()).astype(int)
-    assert rgba[:, 0].min() > 225  # the transparent left edge is white, not black
+    assert rgba[:, 0].min() > 215  # the transparent left edge is white (the resize blends in its neighbour), not black
     palette = load_pixels(setup["kinds"]["palette_transparent"], **pre.recipe())
     assert palette[0, 0].tolist() == [255, 255, 255]  # the transparent palette entry is white
 

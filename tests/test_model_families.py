@@ -25,10 +25,11 @@ from headstart.transforms import Preprocessing
 FAMILIES = {
     "vit": ("test_vit", {}, 32),  # class-token pooling
     "vit-avg": ("test_vit2", {}, 32),  # mean of the patch tokens, then fc_norm (BEiT/MAE-style)
-    "deit": ("deit_tiny_patch16_224", dict(embed_dim=32, depth=3, num_heads=2), 32),
-    "dinov2": ("vit_small_patch14_reg4_dinov2", dict(embed_dim=32, depth=2, num_heads=2), 28),  # registers, no head
+    "deit": ("deit_tiny_patch16_224", dict(embed_dim=32, depth=3, num_heads=2, img_size=32), 32),
+    "dinov2": ("vit_small_patch14_reg4_dinov2", dict(embed_dim=32, depth=3, num_heads=2, img_size=28), 28),  # registers, no head
     "convnext": ("test_convnext", {}, 32),
-    "swin": ("swin_tiny_patch4_window7_224", dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)), 32),
+    "swin": ("swin_tiny_patch4_window7_224", dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                                                  img_size=32, window_size=4), 32),
     "efficientnetv2": ("efficientnetv2_rw_t", dict(num_classes=10), 32),
     "regnet": ("regnetx_002", dict(num_classes=10), 32),
     "mobilenetv3": ("mobilenetv3_small_050", dict(num_classes=10), 32),

@@ -14,6 +14,7 @@ from functools import wraps
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from headstart.console import console
 from headstart.errors import HeadstartError
@@ -37,7 +38,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except HeadstartError as e:
-            console.print(f"[bold red]error:[/] {e}")
+            console.print(f"[bold red]error:[/] {escape(str(e))}")  # '[cluster]' in a message is text, not a style
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")
