@@ -13,6 +13,7 @@ from functools import wraps
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from headstart.console import console
 from headstart.errors import HeadstartError
@@ -36,7 +37,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except HeadstartError as e:
-            console.print(f"[bold red]error:[/] {e}")
+            console.print(f"[bold red]error:[/] {escape(str(e))}")  # (a message's own brackets are text, not markup)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")
