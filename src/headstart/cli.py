@@ -37,7 +37,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except HeadstartError as e:
-            console.print(f"[bold red]error:[/] {escape(str(e))}")  # (a message's own brackets are text, not markup)
+            console.print(f"[bold red]error:[/] {escape(str(e))}")  # '[cluster]' in a message is text, not a style
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")
