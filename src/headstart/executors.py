@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 from headstart.console import info, warn
 from headstart.errors import HeadstartError
@@ -115,7 +116,7 @@ class SerialExecutor:
                     raise
                 outcomes.append(CellOutcome(cell, error=one_line(e), details=traceback.format_exc(),
                                             seconds=time.monotonic() - start))
-                warn(f"{cell.name} failed: {outcomes[-1].error} (the other runs go on)")
+                warn(f"{cell.name} failed: {escape(outcomes[-1].error)} (the other runs go on)")
                 continue
             if run is not None and run.get("interrupted"):
                 info(f"interrupted: {len(cells) - i + 1} runs left; run the same command again to finish them")
@@ -310,7 +311,7 @@ def collect(ray, ref, cell: Cell, seconds: float, retries: int) -> CellOutcome:
 
 def report(outcome: CellOutcome) -> None:
     if outcome.failed:
-        warn(f"{outcome.cell.name} failed: {outcome.error} (the other cells go on)")
+        warn(f"{outcome.cell.name} failed: {escape(outcome.error)} (the other cells go on)")
         return
     run = outcome.run or {}
     figure = (f"test {run['test_metric'].replace('_', ' ')} {run['test_' + run['test_metric']]:.3f}"
