@@ -133,6 +133,7 @@ def plot_label_issues(found: dict, path: str | Path, read: Callable, most: int =
         ax.axis("off")
         ax.text(0.5, 0.5, f"no label issues among {found['n_images']} training images", ha="center", va="center")
         return save(fig, path)
+    columns = min(columns, len(issues))
     rows = -(-len(issues) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
@@ -142,8 +143,11 @@ def plot_label_issues(found: dict, path: str | Path, read: Callable, most: int =
         img.thumbnail((256, 256))
         ax.imshow(np.asarray(img))
         ax.set_title(f"given {issue['given']}\nlooks {issue['suspected']} ({issue['confidence']:.2f})", fontsize=8)
-        ax.text(0.5, -0.04, Path(issue["path"]).name[:28], transform=ax.transAxes, ha="center", va="top", fontsize=6)
+        where = Path(issue["path"])
+        ax.text(0.5, -0.04, f"{where.parent.name}/{where.name}"[-32:], transform=ax.transAxes, ha="center", va="top",
+                fontsize=6)
     shown = f"the {len(issues)} most suspicious of {len(found['issues'])}" if len(found["issues"]) > len(issues) else \
         f"{len(issues)}"
-    return save(fig, path, f"{shown} likely label errors among {found['n_images']} training images "
-                           f"({found['model']} features, {found['folds']}-fold out-of-fold probabilities, cleanlab)")
+    fig.suptitle(f"{shown} likely label errors among {found['n_images']} training images\n({found['model']} "
+                 f"features, {found['folds']}-fold out-of-fold probabilities, cleanlab)", fontsize=9)
+    return save(fig, path)
