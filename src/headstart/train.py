@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -234,10 +235,14 @@ def balanced_sampler(labels: torch.Tensor, counts: list[int], generator: torch.G
 
 
 def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean recall over the classes present in `labels` (as evaluate.classification_metrics computes it)."""
-    predicted = logits.argmax(1)
-    recalls = [(predicted[labels == c] == c).float().mean() for c in labels.unique()]
-    return torch.stack(recalls).mean().item() if recalls else 0.0
+    """Mean recall over the classes present in `labels`: scikit-learn's, as evaluate.classification_metrics uses."""
+    from sklearn.metrics import balanced_accuracy_score  # imported when a run first validates, not at start-up
+
+    if len(labels) == 0:
+        return 0.0
+    with warnings.catch_warnings():  # a prediction of a class val lacks is an error counted, not news each epoch
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(labels.cpu().numpy(), logits.argmax(1).cpu().numpy()))
 
 
 def first_trainable_stage(model: StagedModel, trainable: list[str]) -> int:
