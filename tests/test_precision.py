@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 
 import headstart.precision as precision
 from headstart.api import train
-from headstart.backbones import load_backbone
 from headstart.cli import app
 from headstart.errors import HeadstartError
 from headstart.features import features_key, prefix_activations
 from headstart.precision import AUTO_BF16, precision_plan, resolve_precision
 from headstart.train import TrainConfig
+from test_features import model  # noqa: F401 (a fixture: the tiny random model test_features uses)
 
 CPU = torch.device("cpu")
 
@@ -30,14 +30,6 @@ def cpu_with_bf16(monkeypatch):
 @pytest.fixture
 def cpu_without_bf16(monkeypatch):
     monkeypatch.setattr(precision, "cpu_bf16_feature", lambda: None)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = load_backbone("test_efficientnet", pretrained=False)
-    m.reset_head(2)
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
