@@ -45,7 +45,7 @@ chromium:
 
 test: install chromium
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # headstart against the tutorial's loop on this machine (hours on 2 cores: the reference is slow by design):
 # bench/results/*.json, then the table (see docs/performance.md).
