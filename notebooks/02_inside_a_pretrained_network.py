@@ -99,7 +99,8 @@ picked = [0, len(outputs) // 3, 2 * len(outputs) // 3, len(outputs) - 1]
 fig, axes = plt.subplots(len(picked), 7, figsize=(11, 1.7 * len(picked)))
 for row, k in zip(axes, picked):
     act = outputs[k][0]
-    row[0].imshow((x[0].permute(1, 2, 0) * 0.25 + 0.5).clamp(0, 1).numpy())
+    mean, std = torch.tensor(model.preprocessing.mean), torch.tensor(model.preprocessing.std)
+    row[0].imshow((x[0].permute(1, 2, 0) * std + mean).clamp(0, 1).numpy())  # undo the normalisation to show it
     row[0].set_title(model.stage_names[k], fontsize=9)
     for ax, c in zip(row[1:], act.std(dim=(1, 2)).argsort(descending=True)[:6].tolist()):
         ax.imshow(act[c].numpy(), cmap="viridis")

@@ -53,7 +53,8 @@ TABLE = REPO / "bench/results/recommend/decision_table.json"
 def committed_winner(name: str) -> tuple[str, str]:
     summary = json.loads((REPO / "docs/results" / name / "summary.json").read_text())
     setup = summary["setup"]
-    best = summary.get("winner") or summary["ranking"][0]
+    first, second = summary["ranking"][:2]
+    best = first if summary.get("margin_exceeds_spread") else f"{first} ≈ {second} (within the seed spread)"
     figures = ", ".join(f"{s} {summary['strategies'][s]['val_accuracy_mean']:.3f}" for s in summary["ranking"])
     return best, (f"{name}: {setup['n_train']} train images, {setup['image_size']} px, {len(setup['seeds'])} seeds "
                   f"(val accuracy: {figures})")

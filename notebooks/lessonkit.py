@@ -114,7 +114,9 @@ def splits(dataset: str = CIFAR, per_class: int | None = None, *, classes: list[
     s = SETTING
     data = load_data(DATA / dataset, seed=SEED, classes=classes, per_class=per_class or s.per_class,
                      val_as_test=True, val_per_class=val_per_class or s.val_per_class)
-    return replace(data, test=subsample_per_class(data.test, test_per_class or s.test_per_class, SEED))
+    cap = test_per_class or s.test_per_class
+    return replace(data, test=subsample_per_class(data.test, cap, SEED),
+                   roles=f"{data.roles} (test: at most {cap}/class of it, seed {SEED})")
 
 
 def pixels_and_labels(images, model: StagedModel, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
