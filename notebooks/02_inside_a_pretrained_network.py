@@ -167,17 +167,20 @@ print(f"plain PyTorch: {plain_trainable:,} trainable of {sum(p.numel() for p in 
 
 # %% [markdown]
 # headstart says the same with a strategy name: `partial` with its last stage group trains `layer4` and the
-# head. `inspect_model` shows what would train, at which learning rate, without training anything:
+# head. `inspect_model` shows what would train, at which learning rate, without training anything (the plan
+# needs only the architecture, so `weights="random"` works on a machine without ResNet-18's weights):
 
 # %%
 from headstart.api import inspect_model
 
 with kit.quiet():
-    plan = inspect_model("resnet18", strategy="partial", train_last=1, num_classes=3)
+    plan = inspect_model("resnet18", strategy="partial", train_last=1, num_classes=3, weights="random")
 for g in plan["groups"]:
     print(f"  {g['group']:7s} {g['params']:>10,d}  {'trains at lr ' + format(g['lr'], 'g') if g['trainable'] else 'frozen'}")
+headstart_lrs = sorted(g["lr"] for g in plan["groups"] if g["trainable"])
+plain_lrs = sorted(g["lr"] for g in optimizer.param_groups)
 print(f"headstart: {plan['trainable_params']:,} trainable; plain PyTorch: {plain_trainable:,}; "
-      f"same: {plan['trainable_params'] == plain_trainable}")
+      f"same parameters: {plan['trainable_params'] == plain_trainable}; same LRs: {headstart_lrs == plain_lrs}")
 
 # %% [markdown]
 # Same parameters, same learning rates. Inside headstart, freezing is the same one line (below), and the

@@ -51,13 +51,13 @@ TABLE = REPO / "bench/results/recommend/decision_table.json"
 
 
 def committed_winner(name: str) -> tuple[str, str]:
-    summary = json.loads((REPO / "docs/results" / name / "summary.json").read_text())
-    setup = summary["setup"]
-    first, second = summary["ranking"][:2]
-    best = first if summary.get("margin_exceeds_spread") else f"{first} ≈ {second} (within the seed spread)"
-    figures = ", ".join(f"{s} {summary['strategies'][s]['val_accuracy_mean']:.3f}" for s in summary["ranking"])
-    return best, (f"{name}: {setup['n_train']} train images, {setup['image_size']} px, {len(setup['seeds'])} seeds "
-                  f"(val accuracy: {figures})")
+    """The winner of a comparison committed with headstart, or its tied set when the evidence cannot separate them."""
+    c = kit.committed_comparison(name)
+    best = c["winner"] or " ≈ ".join(c["tied"]) + " (tied)"
+    figures = ", ".join(f"{s} {c['strategies'][s]['test']:.3f}" for s in c["ranking"])
+    seeds, folds = len(c["setup"]["seeds"]), c["setup"].get("folds")
+    runs = f"{folds}-fold, {seeds} seed" if folds else f"{seeds} seeds"
+    return best, f"{name}: {c['setup']['n_train']} train images, {c['setup']['image_size']} px, {runs} (test: {figures})"
 
 
 def lesson_winner(prefix: str) -> tuple[str, str]:
@@ -67,12 +67,22 @@ def lesson_winner(prefix: str) -> tuple[str, str]:
         return "not run", "run notebook 5 first"
     best = max(runs, key=lambda s: runs[s]["test_accuracy"])
     figures = ", ".join(f"{s} {r['test_accuracy']:.3f}" for s, r in runs.items())
-    return best, f"this lesson, {prefix} cells, {S.name} setting, 1 seed (test accuracy: {figures})"
+    return best, f"this lesson, {prefix} cells, {S.name} setting, 1 seed, no interval (test: {figures})"
+
+
+def benchmark_rows(table: dict) -> list[tuple[str, str, str, str]]:
+    """The benchmark's cells ("small data, different to ImageNet": tasks, how often each strategy was best)."""
+    rows = []
+    for cell, c in table.items():
+        size, domain = cell.split(" data, ")
+        best = ", ".join(f"{s} ×{n}" for s, n in c["best"].items())
+        rows.append((size, domain, best, f"{len(c['tasks'])} tasks; in the tied set: {c['in_tied_set']}"))
+    return rows
 
 
 if TABLE.is_file():
     source = f"the benchmark's table ({TABLE.relative_to(REPO)})"
-    rows = [(c["size"], c["domain"], c.get("winner", "-"), c.get("evidence", "")) for c in json.loads(TABLE.read_text())["cells"]]
+    rows = benchmark_rows(json.loads(TABLE.read_text()))
 else:
     source = "the committed comparisons and this lesson's runs (the benchmark's table does not exist yet)"
     rows = [
@@ -84,11 +94,11 @@ else:
     ]
 print("source:", source)
 for size, domain, winner, evidence in rows:
-    print(f"  {size:13s} {domain:29s} -> {winner:18s} {evidence}")
+    print(f"  {size:13s} {domain:29s} -> {winner:26s} {evidence}")
 
 # %% [markdown]
 # Where the measurements and the rules of thumb meet: on small, ImageNet-like data (ants vs bees) feature
-# extraction is as good as anything that trains more (LP-FT's lead over it was within the seed spread); as the
+# extraction is as good as anything that trains more (LP-FT, full and gradual are tied with it); as the
 # data moves away from ImageNet or grows (CIFAR's upscaled thumbnails at 500 per class), fine-tuning the top or
 # everything — carefully, LP-FT — pays. The large cells need data this machine does not have; they stay
 # rules of thumb here, and the table says so rather than inventing a winner.
@@ -130,9 +140,11 @@ with kit.quiet():
 print("checked against PyTorch:", {k: v for k, v in shipped["check"].items() if k != "images_from"})
 
 # %% [markdown]
-# The serving side, with ONNX Runtime, PIL and numpy only. The preprocessing is the sidecar's recipe,
-# `headstart.export.preprocess_as_sidecar_says` (a dozen lines to copy into the serving code); the answers
-# agree with headstart's own `predict`:
+# The serving side, with ONNX Runtime, Pillow and numpy only. Beside the model, `export` wrote the image path
+# itself — headstart's own function from file to pixels, as a small Python file whose checksum the sidecar
+# records — so the serving code cannot drift from what the model was trained and tested with.
+# `headstart.export.preprocess_as_sidecar_says` shows the few lines that use it; the answers agree with
+# headstart's own `predict`:
 
 # %%
 import numpy as np
@@ -143,7 +155,7 @@ from headstart.export import preprocess_as_sidecar_says
 sidecar = json.loads(Path(shipped["sidecar"]).read_text())
 session = ort.InferenceSession(shipped["path"], providers=["CPUExecutionProvider"])
 files = some_test_images[:6]
-batch = np.stack([preprocess_as_sidecar_says(f, sidecar) for f in files])
+batch = preprocess_as_sidecar_says(files, shipped["sidecar"])
 probabilities = session.run(["probabilities"], {"images": batch})[0]
 with kit.quiet():
     reference = predict(run_dir, files)

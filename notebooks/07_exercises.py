@@ -48,7 +48,8 @@ from headstart.api import inspect_model
 net = prepare(3)
 mine = sum(p.numel() for p in net.parameters() if p.requires_grad)
 with kit.quiet():
-    theirs = inspect_model("resnet18", strategy="partial", train_last=1, num_classes=3)["trainable_params"]
+    theirs = inspect_model("resnet18", strategy="partial", train_last=1, num_classes=3,
+                           weights="random")["trainable_params"]
 print(f"yours: {mine:,} trainable · headstart: {theirs:,}")
 assert mine == theirs, "freeze everything, replace fc, then unfreeze layer4"
 

