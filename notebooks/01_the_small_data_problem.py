@@ -73,6 +73,7 @@ runs = {
 }
 for name, r in runs.items():
     print(kit.summary(name, r))
+print(kit.versus("linear", "scratch"))
 
 # %%
 import matplotlib.pyplot as plt

@@ -73,14 +73,18 @@ far_runs = {
 for name, r in far_runs.items():
     print(kit.summary(name, r))
 print(f"chance: {1 / len(blood.classes):.3f}")
+print(kit.versus("blood-linear", "blood-scratch"))
+print(kit.versus("blood-partial", "blood-linear"))
 
 # %% [markdown]
 # Frozen ImageNet features separate eight kinds of blood cell far above chance and far above what the same network
-# learns from random weights on the same images — with no cell in its pretraining data. What transfers is not
-# "dog-ness" but edges, blobs, textures and colour contrasts, which cells have too. Distance from ImageNet
-# does change *how* to transfer: the further the data, the more the upper layers (the most ImageNet-specific)
-# gain from fine-tuning, and the more the BatchNorm similarity says the early layers see unfamiliar statistics.
-# `recommend` (notebook 6) reads exactly these measurements.
+# learns from random weights on the same images (the first paired difference) — with no cell in its pretraining
+# data. What transfers is not "dog-ness" but edges, blobs, textures and colour contrasts, which cells have too.
+# Distance from ImageNet may still change *how* to transfer: the upper layers are the most ImageNet-specific, so
+# far data is where fine-tuning them is expected to pay most, and the BatchNorm similarity already says that
+# even the early layers see unfamiliar statistics here. Whether fine-tuning the top paid on these images, at this
+# budget, is the second paired difference — a measurement, not a rule. `recommend` (notebook 6) reads exactly
+# these measurements.
 #
 # ## Misconception: "with enough data, training from scratch always wins"
 #
@@ -104,8 +108,7 @@ plt.axhline(1 / 3, color="grey", ls=":", label="chance"); plt.legend(); plt.titl
 plt.show()
 
 # %% [markdown]
-# Scratch improves with every doubling of the data, and so does transfer; in this range the curves do not
-# meet. Where they eventually meet depends on the budget: ImageNet itself is 1.2 million images trained for
+# Scratch improves as the data grows, and so does transfer; in this range the curves do not meet. Where they eventually meet depends on the budget: ImageNet itself is 1.2 million images trained for
 # many epochs, and even with tens of thousands of images of your own, a pretrained start typically converges
 # in a fraction of the epochs and ends at least as well. Transfer is a head start, not a workaround you grow
 # out of: with more data the best choice moves from *feature extraction* toward *fine-tuning everything* —

@@ -201,6 +201,26 @@ def summary(label: str, r: dict) -> str:
             f"{r['epochs']} ep  {r['train_seconds']:.0f} s  {r['trainable_params']:,} trainable")
 
 
+def versus(a: str, b: str) -> str:
+    """Run `a` against run `b` on the same test images: the paired difference in points with its 95% bootstrap
+    interval (headstart's `stats.paired_difference`, the test `compare` uses), and what it lets you say. One
+    seed each, so it speaks for these two trainings on these images, not for the strategies in general."""
+    from headstart.runs import read_test_predictions
+    from headstart.stats import RunPredictions, paired_difference
+
+    def predictions(label: str) -> RunPredictions:
+        ids, y_true, y_pred = read_test_predictions(RUNS / label)
+        return RunPredictions(label, 0, np.array(y_true), np.array(y_pred), ids)
+
+    d = paired_difference([predictions(a)], [predictions(b)])
+    if d.low > 0 or d.high < 0:
+        said = f"{a if d.difference > 0 else b} is ahead"
+    else:
+        said = "no difference these test images can tell apart from zero"
+    return (f"{a} − {b}: {100 * d.difference:+.1f} points (95% interval {100 * d.low:+.1f} to {100 * d.high:+.1f}) "
+            f"→ {said}")
+
+
 def committed_comparison(name: str) -> dict:
     """A comparison committed with headstart (docs/results/<name>/summary.json, made by `headstart compare`):
     its setup, verdict sentence, and per strategy the test figure with its interval (images nothing was selected
