@@ -54,10 +54,11 @@ bench: install
 	PYTHONPATH=src:bench $(PY) bench/table.py > bench/results/table.md
 	@echo "results: bench/results/*.json, table: bench/results/table.md (see docs/performance.md)"
 
-# The lesson notebook, executed end to end (FAST settings: minutes on 2 cores); the executed copy goes to runs/lesson/.
+# The lesson notebooks (notebooks/NN_*.py, jupytext), executed end to end with FAST settings and saved as the
+# committed notebooks/NN_*.ipynb (outputs scrubbed of machine paths); LESSON_SETTING=TINY|FULL changes the scale.
 lesson: install
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[lesson]"
-	$(PY) notebooks/execute.py
+	$(PY) notebooks/execute.py --setting $${LESSON_SETTING:-FAST}
 
 clean:
 	rm -rf runs .pytest_cache

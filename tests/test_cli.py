@@ -60,6 +60,19 @@ def test_inspect_json_shows_what_trains():
     assert bn["stem"].startswith("eval") and bn["stage7"] == "train"
 
 
+def test_inspect_with_random_weights_shows_the_plan_of_a_model_whose_weights_are_not_here():
+    import timm
+
+    result = run_cli("--offline", "inspect", "resnet18", "--weights", "random", "--strategy", "partial",
+                     "--train-last", "1", "--num-classes", "3", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["weights"] == "random"
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    by_hand = sum(p.numel() for m in (net.layer4, net.fc) for p in m.parameters())  # freeze all but layer4 + head
+    assert info["trainable_params"] == by_hand
+
+
 @pytest.mark.parametrize("setup, message", [
     ("missing", "data not found"),
     ("one_class", "only one class"),

@@ -154,3 +154,24 @@ def test_report_opens_in_headless_chromium(compare_out):
             shot = browser.screenshot(ARTIFACTS / f"{'compare' if rows else 'run'}-report.png")
             assert browser.console_errors() == []
         assert shot.stat().st_size > 10_000
+
+
+def test_drawing_a_plot_leaves_the_importing_programs_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline plots must keep working after headstart draws its files: the library never switches
+    matplotlib's global backend (it draws on bare Figures)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; from pathlib import Path\n"
+        "from headstart.report.plots import plot_curves\n"
+        "history = [{'epoch': e, 'train_loss': 1 / e, 'val_loss': 1.2 / e, 'train_accuracy': 0.5 + e / 10,"
+        " 'val_accuracy': 0.4 + e / 10} for e in (1, 2, 3)]\n"
+        f"plot_curves(history, Path({str(tmp_path / 'curves.png')!r}))\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
+    assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -164,10 +164,11 @@ def _run_or_winner(path: str | Path) -> Path:
 
 
 def inspect_model(name: str, strategy: str = "linear", num_classes: int | None = None, train_last: int | None = None,
-                  freeze_bn: bool | None = None) -> dict:
-    """The backbone's stage groups with parameter counts, what trains under `strategy`, and its head."""
+                  freeze_bn: bool | None = None, weights: str | None = None) -> dict:
+    """The backbone's stage groups with parameter counts, what trains under `strategy`, and its head.
+    `weights="random"` inspects the architecture alone, on a machine that does not have its pretrained weights."""
     spec = resolve_strategy(TrainConfig(strategy=strategy, train_last=train_last, freeze_bn=freeze_bn))
-    model = load_backbone(name, pretrained=spec.pretrained)
+    model = load_backbone(name, pretrained=spec.pretrained, weights=weights)
     if num_classes:
         model.reset_head(num_classes)
     return {"model": name, "weights": model.weights, "strategy": spec.name, "preprocessing": model.preprocessing.to_dict(),

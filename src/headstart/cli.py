@@ -381,6 +381,8 @@ def inspect(
     freeze_bn: bool = typer.Option(None, "--freeze-bn/--train-bn", help="BatchNorm statistics: kept pretrained "
                                    "(the default of pretrained strategies) or re-estimated in trained groups.",
                                    show_default=False),
+    weights: str = typer.Option(None, help="State dict file instead of the default weights, or 'random' to inspect "
+                                           "the architecture without its pretrained weights."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Stage groups, parameters, and what trains under a strategy: the model is just an nn.Module."""
@@ -388,7 +390,7 @@ def inspect(
 
     from headstart.api import inspect_model
 
-    info = inspect_model(model, strategy, num_classes, train_last, freeze_bn)
+    info = inspect_model(model, strategy, num_classes, train_last, freeze_bn, weights=weights)
     if diagram:
         from headstart.report.diagram import DiagramRow, write_diagram
         from headstart.strategies import get_strategy

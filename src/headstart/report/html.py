@@ -22,7 +22,7 @@ import numpy as np
 
 from headstart.report.diagram import DiagramRow, diagram_row, human, strategy_diagram
 from headstart.report.markdown import badge, data_name, evidence, findings, pct, pts, results_rows
-from headstart.report.plots import plot_confusion, plot_curves, plt
+from headstart.report.plots import plot_confusion, plot_curves, subplots
 from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, best_run, read_history, read_run
 from headstart.strategies import Strategy, parse_label, what_trains
 
@@ -64,7 +64,6 @@ letter-spacing:.04em;padding:2px 7px;border-radius:4px;vertical-align:middle}
 def png_uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -122,7 +121,7 @@ def plot_compare_curves(curves: dict[str, dict[str, np.ndarray]], chance: float 
     panels = len(names) + 1
     cols = panels if panels <= 4 else 3
     rows = -(-panels // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.7 * cols, 3.0 * rows), sharex=True, sharey=True, squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.7 * cols, 3.0 * rows), sharex=True, sharey=True, squeeze=False)
     flat = axes.ravel()
     ax = flat[0]
     for name in names:

@@ -8,27 +8,31 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only: no display needed, works in CI and over ssh
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs):
+    """A figure that only ever goes to a file: a bare `Figure` (no pyplot), so headstart neither needs a display
+    nor changes the backend of the program that imports it (a notebook's inline plots keep working)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save(fig, path, title: str = ""):
-    """Title, layout, write (a path or a file-like buffer), and free the figure: every plot ends here."""
+    """Title, layout, write (a path or a file-like buffer): every plot ends here."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train vs val: the gap between them is overfitting, made visible."""
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 3.8))
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train", color="#1f77b4")
         ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label="val", color="#d62728")
@@ -58,7 +62,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(classes)
     size = max(3.5, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    fig, ax = subplots(figsize=(size + 0.8, size))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
     ax.set_yticks(range(n), classes)
@@ -81,8 +85,8 @@ def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imag
     history = [r for r in history if not math.isnan(float(r[f"cka_{groups[0]}"]))]  # the epochs it measured (NaN: skipped)
     epochs = [r["epoch"] for r in history]
     has_old = "imagenet_top1" in history[0]
-    fig, axes = plt.subplots(1, 3 if has_old else 2, figsize=(14 if has_old else 10, 3.8))
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(groups)))
+    fig, axes = subplots(1, 3 if has_old else 2, figsize=(14 if has_old else 10, 3.8))
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(groups)))
     for g, c in zip(groups, colours):
         axes[0].plot(epochs, [float(r[f"drift_{g}"]) for r in history], "o-", color=c, label=g, ms=3)
         axes[1].plot(epochs, [float(r[f"cka_{g}"]) for r in history], "o-", color=c, label=g, ms=3)
@@ -107,7 +111,7 @@ def plot_forgetting(history: list[dict], path: str | Path, title: str = "", imag
 def plot_probe(report, path: str | Path) -> Path:
     """Linear-probe accuracy and domain similarity against depth: where do the features stop being general?"""
     depth = [s.depth for s in report.stages]
-    fig, (ax_acc, ax_sim) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_acc, ax_sim) = subplots(1, 2, figsize=(10, 3.8))
     ax_acc.plot(depth, [s.cv_accuracy for s in report.stages], "o-", label="train (k-fold CV)", color="#1f77b4")
     ax_acc.plot(depth, [s.val_accuracy for s in report.stages], "s-", label="val", color="#d62728")
     ax_acc.axhline(1 / len(report.classes), color="grey", ls=":", lw=1, label="chance")
@@ -129,13 +133,13 @@ def plot_label_issues(found: dict, path: str | Path, read: Callable, most: int =
     a table of file names leaves open. `read(ref)` opens an image (the data's own reader)."""
     issues = found["issues"][:most]
     if not issues:
-        fig, ax = plt.subplots(figsize=(5, 1.2))
+        fig, ax = subplots(figsize=(5, 1.2))
         ax.axis("off")
         ax.text(0.5, 0.5, f"no label issues among {found['n_images']} training images", ha="center", va="center")
         return save(fig, path)
     columns = min(columns, len(issues))
     rows = -(-len(issues) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, issue in zip(axes.flat, issues):

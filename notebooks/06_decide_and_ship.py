@@ -1,0 +1,194 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 6 · Deciding, and shipping the model
+#
+# The lesson's decision framework has two questions: how much data do you have, and how far is it from the
+# pretraining data? Its rule-of-thumb answers:
+#
+# | your data | the lesson's rule of thumb | why |
+# |---|---|---|
+# | small, similar to ImageNet | feature extraction | the features already fit; too little data to move them safely |
+# | small, different | feature extraction, maybe fine-tune the top stage | early features still help; too little data for deep fine-tuning |
+# | large, similar | fine-tune everything, low LRs | enough data to refine every layer |
+# | large, different | fine-tune everything (scratch may compete) | early features may need to adapt too |
+#
+# Rules of thumb are where you start. Below, the same table with **measured winners** next to it, then
+# `recommend` deciding one cell from measurements of the data, and finally the model leaving the notebook.
+
+# %%
+import json
+from pathlib import Path
+
+import lessonkit as kit
+
+S = kit.setup()
+MODEL, WHY = kit.choose_backbone()
+print("model:", WHY)
+REPO = Path("..")
+
+# %% [markdown]
+# ## The table, measured
+#
+# A benchmark that fills every cell across several datasets and seeds writes
+# `bench/results/recommend/decision_table.json`. When that file exists this cell reads it; otherwise it falls
+# back to the comparisons committed with headstart (`docs/results/*/summary.json`: 3 seeds each) and to this
+# lesson's own blood-cell runs (notebook 5: one seed), and says so.
+
+# %%
+TABLE = REPO / "bench/results/recommend/decision_table.json"
+
+
+def committed_winner(name: str) -> tuple[str, str]:
+    """The winner of a comparison committed with headstart, or its tied set when the evidence cannot separate them."""
+    c = kit.committed_comparison(name)
+    best = c["winner"] or " ≈ ".join(c["tied"]) + " (tied)"
+    figures = ", ".join(f"{s} {c['strategies'][s]['test']:.3f}" for s in c["ranking"])
+    setup = c["setup"]
+    if setup.get("folds"):
+        scale = f"{setup['n_test']} images, each tested once out of fold ({setup['folds']}-fold CV, " \
+                f"{len(setup['seeds'])} seed)"
+    else:
+        scale = f"{setup['n_train']} train images, {len(setup['seeds'])} seeds"
+    return best, f"{name}: {scale}, {setup['image_size']} px (test: {figures})"
+
+
+def lesson_winner(prefix: str) -> tuple[str, str]:
+    """This lesson's own runs of one dataset: the best, or the best and every run the test images cannot tell
+    from it (paired bootstrap, kit.versus)."""
+    runs = {s: json.loads((kit.RUNS / f"{prefix}-{s}" / "run.json").read_text())
+            for s in ("scratch", "linear", "partial") if (kit.RUNS / f"{prefix}-{s}" / "run.json").is_file()}
+    if not runs:
+        return "not run", "run notebook 5 first"
+    ranked = sorted(runs, key=lambda s: -runs[s]["test_accuracy"])
+    tied = [ranked[0]] + [s for s in ranked[1:] if "no difference" in kit.versus(f"{prefix}-{ranked[0]}", f"{prefix}-{s}")]
+    best = ranked[0] if len(tied) == 1 else " ≈ ".join(tied) + " (tied)"
+    figures = ", ".join(f"{s} {runs[s]['test_accuracy']:.3f}" for s in ranked)
+    return best, f"this lesson, {prefix} cells, {S.name} setting, 1 seed (test: {figures})"
+
+
+def benchmark_rows(table: dict) -> list[tuple[str, str, str, str]]:
+    """The benchmark's cells ("small data, different to ImageNet": tasks, how often each strategy was best)."""
+    rows = []
+    for cell, c in table.items():
+        size, domain = cell.split(" data, ")
+        best = ", ".join(f"{s} ×{n}" for s, n in c["best"].items())
+        rows.append((size, domain, best, f"{len(c['tasks'])} tasks; in the tied set: {c['in_tied_set']}"))
+    return rows
+
+
+if TABLE.is_file():
+    source = f"the benchmark's table ({TABLE.relative_to(REPO)})"
+    rows = benchmark_rows(json.loads(TABLE.read_text()))
+else:
+    source = "the committed comparisons and this lesson's runs (the benchmark's table does not exist yet)"
+    rows = [
+        ("small", "similar", *committed_winner("hymenoptera")),
+        ("small", "different", *lesson_winner("blood")),
+        ("small-medium", "similar content, tiny images", *committed_winner("cifar10-cat-dog-horse-500")),
+        ("large", "similar", "not measured here", "no large dataset on this machine"),
+        ("large", "different", "not measured here", "no large dataset on this machine"),
+    ]
+print("source:", source)
+for size, domain, winner, evidence in rows:
+    print(f"  {size:13s} {domain:29s} -> {winner:26s} {evidence}")
+
+# %% [markdown]
+# Where the measurements and the rules of thumb meet: on small, ImageNet-like data (ants vs bees) feature
+# extraction is as good as anything that trains more (LP-FT, full and gradual are tied with it); on CIFAR's
+# upscaled thumbnails at 500 per class, fine-tuning everything after training the head (LP-FT) won, narrowly
+# over fine-tuning the top. The blood-cell row is this lesson's own run, one seed at the notebook's setting:
+# "tied" there means its test images cannot tell the strategies apart, which at a small budget is common. The large cells need data this machine does not have; they stay
+# rules of thumb here, and the table says so rather than inventing a winner.
+#
+# ## `recommend`: one cell, decided from measurements
+#
+# `recommend` does what you would do by hand: count images per class, run the linear probe per stage and the
+# BatchNorm similarity (notebooks 2 and 5), and turn them into a strategy with learning rates and reasons.
+# For the blood cells:
+
+# %%
+from headstart.api import recommend
+
+with kit.quiet():
+    rec = recommend(kit.DATA / kit.FAR, model=MODEL, per_class=S.far_per_class, image_size=S.image_size)
+print("pick:", rec.strategy, "· runner-up:", rec.runner_up)
+for reason in rec.reasons:
+    print(" -", reason)
+print("learning rates:", rec.hyperparameters["group_lrs"])
+print("command:", rec.command.replace(str(kit.DATA), "DATA"))
+
+# %% [markdown]
+# ## Shipping the model
+#
+# A serving machine should not need headstart, timm, or even PyTorch. `export` writes one ONNX file whose
+# graph holds the model's own normalisation, the fine-tuned network and a softmax, plus a sidecar JSON with the
+# class names and the resize/crop to apply. It loads the file back and checks it against the PyTorch model
+# before keeping it. Here: the CIFAR feature-extraction run from notebook 1.
+
+# %%
+from headstart.api import export, predict
+
+cifar = kit.splits(kit.CIFAR)
+best = kit.run("linear", cifar, model=MODEL, strategy="linear")
+run_dir = kit.RUNS / "linear"
+some_test_images = cifar.test.refs[:: max(1, len(cifar.test) // 32)][:32]
+with kit.quiet():
+    shipped = export(run_dir, kit.RUNS / "cifar-linear.onnx", images=some_test_images)
+print("checked against PyTorch:", {k: v for k, v in shipped["check"].items() if k != "images_from"})
+
+# %% [markdown]
+# The serving side, with ONNX Runtime, Pillow and numpy only. Beside the model, `export` wrote the image path
+# itself — headstart's own function from file to pixels, as a small Python file whose checksum the sidecar
+# records — so the serving code cannot drift from what the model was trained and tested with.
+# `headstart.export.preprocess_as_sidecar_says` shows the few lines that use it; the answers agree with
+# headstart's own `predict`:
+
+# %%
+import numpy as np
+import onnxruntime as ort
+
+from headstart.export import preprocess_as_sidecar_says
+
+sidecar = json.loads(Path(shipped["sidecar"]).read_text())
+session = ort.InferenceSession(shipped["path"], providers=["CPUExecutionProvider"])
+files = some_test_images[:6]
+batch = preprocess_as_sidecar_says(files, shipped["sidecar"])
+probabilities = session.run(["probabilities"], {"images": batch})[0]
+with kit.quiet():
+    reference = predict(run_dir, files)
+for f, p, r in zip(files, probabilities, reference):
+    print(f"{Path(f).parent.name}/{Path(f).name}: onnx says {sidecar['classes'][p.argmax()]} ({p.max():.2f}), "
+          f"predict says {r['label']} ({r['probability']:.2f})")
+
+# %% [markdown]
+# Production checklist, briefly: the preprocessing at serving time must be the one used for evaluation (the
+# sidecar carries it); keep the test figure and its interval with the model (`run.json`); watch the inputs for
+# drift away from the training data (the BatchNorm similarity of notebook 5 works on unlabelled images). To scale
+# training, `headstart train DATA --devices 4` runs data-parallel on several GPUs with the same recipe (the batch
+# size stays the global batch).
+#
+# ## Check your understanding
+#
+# <details><summary>1. Why does the table say "not measured here" instead of the rule of thumb's answer?</summary>
+#
+# A winner is a measurement: on this machine no large dataset was compared, so filling the cell would be
+# inventing a result. The rule of thumb stays a starting point until a comparison says otherwise.
+# </details>
+#
+# <details><summary>2. The export check reports a maximum logit difference. Why check at all?</summary>
+#
+# Conversion to another runtime can silently change the computation (an unsupported op, a different padding).
+# Comparing the exported file's outputs with the PyTorch model's on real images catches it before shipping.
+# </details>
