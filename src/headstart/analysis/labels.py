@@ -116,12 +116,15 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: i
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from headstart.analysis.probe import one_blas_thread
+
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     candidates, losses = {}, {}
-    for c in grid:
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-        candidates[c] = cross_val_predict(classifier, features, labels, cv=split, method="predict_proba")
-        losses[c] = float(log_loss(labels, candidates[c], labels=np.arange(candidates[c].shape[1])))
+    with one_blas_thread():  # small fits: a BLAS thread pool costs more than it computes (probe.one_blas_thread)
+        for c in grid:
+            classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+            candidates[c] = cross_val_predict(classifier, features, labels, cv=split, method="predict_proba")
+            losses[c] = float(log_loss(labels, candidates[c], labels=np.arange(candidates[c].shape[1])))
     best = min(grid, key=lambda c: (losses[c], c))  # ties: the stronger regulariser (smaller C)
     return candidates[best], best, losses
 
