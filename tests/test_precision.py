@@ -100,3 +100,20 @@ def test_precision_is_recorded_in_config_and_run(image_folder, tmp_path, cpu_wit
         config = json.loads((tmp_path / requested / "config.json").read_text())
         assert config["train"]["precision"] == requested
         assert config["precision"] == run["precision"] == {"inference": requested, "training": requested}
+
+
+def test_a_finished_run_is_not_reused_when_auto_now_resolves_to_another_precision(image_folder, tmp_path):
+    """`auto` follows the parity measured per machine, so a run that auto made in fp32 is another experiment
+    once auto means bf16 here: compare must not mix it with new cells."""
+    from headstart.compare import is_finished
+
+    cfg = TrainConfig(model="test_efficientnet", strategy="linear", epochs=1, use_cache=False, num_workers=0)
+    train(image_folder, cfg, tmp_path / "run")
+    assert is_finished(tmp_path / "run", cfg)
+    config_file = tmp_path / "run" / "config.json"
+    config = json.loads(config_file.read_text())
+    other = {"inference": "bf16" if config["precision"]["inference"] == "fp32" else "fp32",
+             "training": config["precision"]["training"]}
+    config_file.write_text(json.dumps({**config, "precision": other}))
+    with pytest.raises(HeadstartError, match="precision as resolved"):
+        is_finished(tmp_path / "run", cfg)

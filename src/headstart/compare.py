@@ -48,6 +48,7 @@ from headstart.evaluate import classification_metrics
 from headstart.executors import Cell, CellOutcome, RayExecutor, SerialExecutor
 from headstart.paths import cache_root
 from headstart.pipeline import train as train_run
+from headstart.precision import precision_plan
 from headstart.runs import (
     CONFIG_FILE, HISTORY_FILE, RUN_FILE, SUMMARY_FILE, cell_dir, read_history, read_run, read_test_predictions,
     run_folder_lock, write_json,
@@ -91,6 +92,16 @@ def _resolved(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
+def resolved_precision(config: dict, cfg: TrainConfig) -> dict | None:
+    """What `cfg`'s precision resolves to here, when it can be held against a finished run's config: the run
+    recorded its resolved plan and ran on this kind of device. `auto` follows the parity measured per machine
+    (precision.AUTO_BF16), so the same request can mean fp32 in an old run and bf16 now: another experiment."""
+    device = engine.pick_device(cfg.device)
+    if "precision" not in config or config.get("environment", {}).get("device") != device.type:
+        return None  # older runs, or a run made on another kind of device (a GPU worker of a cluster)
+    return precision_plan(cfg.precision, device)
+
+
 def is_finished(directory: Path, cfg: TrainConfig, data: dict | None = None) -> bool:
     """True if `directory` holds a completed run of exactly `cfg` on `data` (see `data_identity`); an error if
     it holds a different one."""
@@ -104,6 +115,8 @@ def is_finished(directory: Path, cfg: TrainConfig, data: dict | None = None) -> 
     differ = [f"{k}: {done.get(k)} vs {wanted.get(k)}" for k in _RUN_IDENTITY if done.get(k) != wanted.get(k)]
     if done.get("precision", "auto") != wanted.get("precision", "auto"):  # runs before --precision ran as auto
         differ.append(f"precision: {done.get('precision', 'auto')} vs {wanted.get('precision', 'auto')}")
+    elif (plan := resolved_precision(config, cfg)) is not None and plan != config["precision"]:
+        differ.append(f"precision as resolved: {config['precision']} then vs {plan} now")
     recorded = {**config, "data": _resolved(config.get("data", ""))}
     data = dict(data or {})
     fingerprints = data.pop("fingerprints", None)

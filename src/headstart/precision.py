@@ -28,9 +28,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 USES = ("inference", "training")
 # What `auto` turns on where the hardware has bf16, per use: only where parity with fp32 was measured (bench/precision.py
 # parity: test accuracy within 0.5 points in every cell and the same winner, hymenoptera and cifar 500/class). On the
-# CPU it has not been measured yet (docs/performance.md: bf16 is 2.2x faster for a forward pass, 1.16x for a training
-# step on an AVX512-BF16 CPU, but the parity runs did not fit on the shared 2-core machine), so auto stays fp32 there
-# until they have run and held. CUDA GPUs autocast both, as headstart always did there.
+# CPU it was measured on 2026-11-30 (docs/performance.md): inference held (0.0 and +0.07 points), training missed by
+# one hymenoptera test image (-0.65 points). Auto stays fp32 on the CPU until the flip of inference can come with
+# regenerated committed comparisons (compare refuses to mix runs whose auto resolved differently). CUDA GPUs autocast
+# both, as headstart always did there.
 AUTO_BF16 = {"cpu": {"inference": False, "training": False}, "cuda": {"inference": True, "training": True}}
 # cpuinfo's names (torch.cpu.get_capabilities) of the instructions that compute bf16 natively, best first
 CPU_BF16_FEATURES = ("amx_bf16", "avx512_bf16", "sve_bf16", "bf16")
