@@ -208,6 +208,10 @@ def compare(
                  f"{sum(len(f.test) for f in fold_splits)} images, each tested once per seed")
         info(f"compare: {len(strategies)} strategies × {len(seeds)} seeds{folds_note} = {len(cells)} runs, "
              f"{len(cells) - len(todo)} already finished · {epochs} epochs · augment {augment} · {sizes}")
+        if len(seeds) == 2 and not folds:
+            warn("2 seeds measure the seed-to-seed variance with one degree of freedom: where they disagree, the "
+                 "intervals take Student-t tails with 1 degree of freedom and most differences read as ties; "
+                 "3 or more seeds (or --folds) resolve more")
         if executor.parallel and todo:
             todo = shared_cache(todo, base)
             warm_decoded_store(fold_splits, todo[0].cfg)
