@@ -62,8 +62,9 @@ def test_every_notebook_executes_end_to_end_with_tiny_settings(tmp_path, monkeyp
     src = str(NOTEBOOKS.parent / "src")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
     execute = load_execute()
+    # one kernel, reset between notebooks (raises CellExecutionError on the first failing cell)
+    execute.execute_in_one_kernel(execute.notebooks(), tmp_path, timeout=600)
     for source in execute.notebooks():
-        target = tmp_path / source.with_suffix(".ipynb").name
-        execute.execute(source, target, timeout=600)  # raises CellExecutionError on the first failing cell
-        outputs = json.dumps([c.get("outputs", []) for c in json.loads(target.read_text())["cells"]])
+        executed = json.loads((tmp_path / source.with_suffix(".ipynb").name).read_text())
+        outputs = json.dumps([c.get("outputs", []) for c in executed["cells"]])
         assert "model: " in outputs, f"{source.name} did not say which backbone it used"
