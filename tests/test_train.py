@@ -6,11 +6,12 @@ import csv
 import json
 
 import pytest
+import torch
 
 from headstart.api import train
 from headstart.runs import load_run
 from headstart.strategies import get_strategy
-from headstart.train import TrainConfig, fit
+from headstart.train import TrainConfig, fit, micro_batch_size
 
 from conftest import needs_shared
 from helpers import TINY, one_step_config, splits_for, tiny_model
@@ -217,3 +218,33 @@ def test_the_forgetting_monitor_is_timed_apart_from_training(image_folder, tmp_p
     assert result.monitor_seconds == pytest.approx(200.0, abs=0.1)
     assert result.train_seconds < 1.0  # the monitor's 100 s per epoch are not training time
     assert all(r["monitor_seconds"] == pytest.approx(100.0, abs=0.01) and r["seconds"] < 1.0 for r in result.history)
+
+
+def test_micro_batches_give_the_whole_batch_step(image_folder, tmp_path):
+    """Splitting each batch into forward/backward passes of 2 images adds up to the same optimizer steps (BatchNorm
+    kept pretrained): the trained weights and the losses agree with the whole-batch run up to float rounding."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for micro in (0, 2):
+        cfg = TrainConfig(model="test_efficientnet", strategy="full", epochs=2, batch_size=8, micro_batch=micro,
+                          use_cache=False, num_workers=0, augment="none", patience=None, monitor_folder="none")
+        runs[micro] = train(image_folder, cfg, tmp_path / f"micro{micro}")
+    whole, split = (load_file(tmp_path / f"micro{m}" / "model.safetensors") for m in (0, 2))
+    assert whole.keys() == split.keys()
+    moved = [k for k in whole if "head" in k or "blocks" in k]
+    assert moved and all(torch.allclose(whole[k], split[k], atol=1e-6, rtol=1e-5) for k in whole)
+    assert runs[0]["final_train_accuracy"] == runs[2]["final_train_accuracy"]
+
+
+def test_micro_batches_only_where_no_layer_normalises_with_batch_statistics():
+    model = tiny_model()
+    for module in model.modules():
+        module.train(False)
+    assert micro_batch_size(TrainConfig(batch_size=32), model, 224, world_size=1) == 8  # 8 images at 224 px
+    assert micro_batch_size(TrainConfig(batch_size=32), model, 112, world_size=1) is None  # 32 fit: one pass
+    assert micro_batch_size(TrainConfig(batch_size=32, micro_batch=4), model, 112, world_size=1) == 4
+    assert micro_batch_size(TrainConfig(batch_size=32, micro_batch=0), model, 224, world_size=1) is None
+    assert micro_batch_size(TrainConfig(batch_size=32), model, 224, world_size=2) is None  # DDP: its own split
+    model.train()  # BatchNorm re-estimating statistics (scratch, --train-bn): parts would normalise differently
+    assert micro_batch_size(TrainConfig(batch_size=32), model, 224, world_size=1) is None

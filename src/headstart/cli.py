@@ -83,6 +83,8 @@ def train(
     out: Path = typer.Option(None, help="Run directory (default runs/<strategy>-<time>)."),
     epochs: int = typer.Option(None, help="Epochs (default: the strategy's)."),
     batch_size: int = typer.Option(32),
+    micro_batch: int = typer.Option(None, min=0, help="Images per forward/backward pass (gradients add up to the batch's "
+                                    "step; default: what keeps memory low where BatchNorm allows; 0: whole batch)."),
     lr: float = typer.Option(None, help="LR of the top backbone stage group."),
     head_lr: float = typer.Option(None, help="LR of the new head."),
     lr_decay: float = typer.Option(None, help="LR factor per stage group toward the stem."),
@@ -132,7 +134,8 @@ def train(
     """Fine-tune a pretrained backbone on DATA with one strategy; write a run directory."""
     from headstart.api import TrainConfig, train as train_run
 
-    cfg = TrainConfig(model=model, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr,
+    cfg = TrainConfig(model=model, strategy=strategy, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch,
+                      lr=lr, head_lr=head_lr,
                       lr_decay=lr_decay, train_last=train_last, optimizer=optimizer, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs,
                       unfreeze_warmup_epochs=unfreeze_warmup_epochs, augment=augment, views=views,
@@ -170,6 +173,8 @@ def compare(
                                    "(the default of pretrained strategies), or let trained groups re-estimate them.",
                                    show_default=False),
     batch_size: int = typer.Option(32),
+    micro_batch: int = typer.Option(None, min=0, help="Images per forward/backward pass (gradients add up to the batch's "
+                                    "step; default: what keeps memory low where BatchNorm allows; 0: whole batch)."),
     image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
     per_class: int = typer.Option(None, help="Subsample training data to N images per class (one draw for all runs)."),
     val_per_class: int = typer.Option(None, help="Validate on at most N images per class (drawn with --data-seed): "
@@ -213,7 +218,8 @@ def compare(
         raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     cfg = TrainConfig(model=model, weights=str(weights) if weights else None, epochs=epochs, augment=augment, views=views,
                       patience=patience or None, freeze_bn=freeze_bn,
-                      batch_size=batch_size, image_size=image_size, cache_dir=str(cache_dir) if cache_dir else None,
+                      batch_size=batch_size, micro_batch=micro_batch, image_size=image_size,
+                      cache_dir=str(cache_dir) if cache_dir else None,
                       device=device, devices=devices, keep_checkpoints=keep_checkpoints, balance=balance,
                       precision=precision)
     summary = compare_api(data, split_list(strategies) or [], seed_list, out, cfg, per_class=per_class,

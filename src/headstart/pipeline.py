@@ -197,7 +197,8 @@ def run_config(cfg: TrainConfig, strategy: Strategy, model: StagedModel, splits:
 
 
 # TrainConfig fields that say where and how a run is kept, not what it computes: a resume may change them
-_NOT_IDENTITY = ("resume", "keep_checkpoints", "device", "devices", "num_workers", "cache_dir", "use_cache")
+_NOT_IDENTITY = ("resume", "keep_checkpoints", "device", "devices", "num_workers", "cache_dir", "use_cache",
+                 "micro_batch")
 
 
 def resume_point_for(out: Path, config: dict) -> dict | None:

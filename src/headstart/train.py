@@ -83,6 +83,9 @@ class TrainConfig:
     num_workers: int | None = None
     # fp32 | bf16 | auto: the number format of forward passes, per use (precision.py); part of what a run computes
     precision: str = "auto"
+    # images per forward/backward pass; the optimizer still steps once per batch (gradients add up). None: automatic
+    # (`micro_batch_size`), 0: the whole batch at once. Memory, not results: the same step up to summation order.
+    micro_batch: int | None = None
     # issue #4 (analysis): forgetting
     l2sp: float = 0.0  # > 0: alpha of the L2-SP penalty alpha/2 ||w - w0||^2 on trainable backbone weights
     # imbalanced training classes: weighted (class-weighted loss), sampler (class-balanced batches), none;
@@ -324,24 +327,51 @@ def eval_loader(split: Split, pre: Preprocessing, device: torch.device) -> DataL
                       batch_size=inference_batch_size(pre.image_size, device), pin_memory=device.type == "cuda")
 
 
+MICRO_BATCH_PIXELS = 8 * 224 * 224  # a training micro-batch holds at most 8 images' worth of 224 px activations
+
+
+def micro_batch_size(cfg: TrainConfig, model: torch.nn.Module, image_size: int, world_size: int) -> int | None:
+    """Images per forward/backward pass, or None for the whole batch. Splitting a batch and adding the parts'
+    gradients gives the same optimizer step only where no layer normalises with the batch's own statistics, so
+    it is used only when every BatchNorm is in eval mode (the default of the pretrained strategies; not `scratch`
+    or `--train-bn`) and in one process (with several, each already holds batch / processes). Automatic: as many
+    images as MICRO_BATCH_PIXELS allows at this image size — a full training step of Lite0 at 224 px on a batch of
+    32 keeps ~3.9 GB of activations for backward; in micro-batches of 8, a quarter of that."""
+    if cfg.micro_batch == 0 or world_size > 1:
+        return None
+    if any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+        return None
+    micro = cfg.micro_batch or max(1, MICRO_BATCH_PIXELS // (image_size * image_size))
+    return micro if micro < cfg.batch_size else None
+
+
 def train_one_epoch(model, net, batches, start, pre, optimizer, scheduler, fabric, label_smoothing, bar=None, task=None,
-                    penalty=None, class_weights=None, precision: str = "fp32"):
+                    penalty=None, class_weights=None, precision: str = "fp32", micro_batch: int | None = None):
     """One pass over this process's `batches`; returns loss and accuracy over every process's images.
     `penalty()` (e.g. L2-SP) is added to the loss that is minimised, and `class_weights` weigh it per class
     (`--balance weighted`); the reported loss is the plain cross-entropy, so runs with and without them compare.
-    `precision` (resolved) is the forward pass's; the loss is computed in fp32 from fp32 logits."""
+    `precision` (resolved) is the forward pass's; the loss is computed in fp32 from fp32 logits. `micro_batch`
+    (`micro_batch_size`) splits each batch into forward/backward passes of that many images whose gradients add up
+    to the whole batch's: each part's loss is its summed cross-entropy over the whole batch's normaliser."""
     device = fabric.device
     weights = class_weights.to(device) if class_weights is not None else None
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(precision, device):
-            logits = forward_batch(model, x, start, pre, net)
-        loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        fabric.backward(loss + penalty() if penalty is not None else loss)  # with N processes: gradients averaged
-        if weights is not None:
-            loss = F.cross_entropy(logits.detach().float(), y, label_smoothing=label_smoothing)  # reported: plain
+        normaliser = weights[y].sum() if weights is not None else torch.tensor(float(len(y)), device=device)
+        parts = [slice(i, i + micro_batch) for i in range(0, len(y), micro_batch)] if micro_batch else [slice(None)]
+        logits = []
+        for k, part in enumerate(parts):
+            with autocast(precision, device):
+                part_logits = forward_batch(model, x[part], start, pre, net)
+            loss = F.cross_entropy(part_logits.float(), y[part], weight=weights, label_smoothing=label_smoothing,
+                                   reduction="sum") / normaliser
+            last = k == len(parts) - 1
+            fabric.backward(loss + penalty() if penalty is not None and last else loss)  # N processes: averaged
+            logits.append(part_logits.detach())
+        logits = torch.cat(logits)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)  # reported: plain, whole batch
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(y)
@@ -626,10 +656,11 @@ def run_epoch(model, phase: ActivePhase, epoch: int, strategy: Strategy, optimiz
     set_train_mode(model, phase.trainable, strategy)
     lrs = group_lrs(optimizer)  # the LRs the epoch starts with
     task = bar.add_task("  train", total=math.ceil(len(phase.train_batches.dataset) / fabric.world_size))
+    micro = micro_batch_size(cfg, model, model.preprocessing.image_size, fabric.world_size)
     train_loss, train_acc = train_one_epoch(model, phase.net, phase.train_batches, phase.start, model.preprocessing,
                                             optimizer, scheduler, fabric, cfg.label_smoothing, bar, task,
                                             penalty=penalty, class_weights=class_weights,
-                                            precision=precision["training"])
+                                            precision=precision["training"], micro_batch=micro)
     bar.remove_task(task)
     logits, labels = predict_batches(model, phase.val_batches, phase.start, model.preprocessing, fabric.device,
                                      precision["inference"])
