@@ -95,7 +95,7 @@ def test_a_vit_exports_to_onnx_with_parity(tmp_path):
     model = load_backbone("tiny-vit", pretrained=False)
     model.reset_head(2)
     batch = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    _, check, _ = write_checked(Deployable(model.eval()), "onnx", tmp_path / "m.onnx", batch, ["random"] * 3, False)
+    _, check, _ = write_checked(Deployable(model).eval(), "onnx", tmp_path / "m.onnx", batch, ["random"] * 3, False)
     assert check["max_logit_difference"] <= 1e-4
 
 
