@@ -88,3 +88,13 @@ def test_cli_recommend_json_and_verify(tmp_path):
     assert all(0 <= r["val_accuracy_best"] <= 1 and r["epochs"] == 1 for r in v["results"].values())
     assert isinstance(v["held"], bool)
     assert (tmp_path / "runs" / "partial" / "run.json").is_file()
+
+
+def test_without_batchnorm_the_reasons_say_similarity_was_not_measured_instead_of_quoting_a_figure():
+    """ViTs and ConvNeXts have no BatchNorm statistics to compare with: recommend must not pass 1.00 off as a
+    measurement, nor unfreeze only one group as if the data were known to look like ImageNet."""
+    m = measured(n=150, acc=0.88, low=None, high=None)
+    strategy, train_last, reasons = decide(m)
+    assert strategy == "partial" and train_last == 2
+    assert not any("1.00" in r for r in reasons)
+    assert any("no BatchNorm" in r for r in reasons)

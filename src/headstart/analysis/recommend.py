@@ -77,13 +77,18 @@ def measurements(check: CheckReport, report: ProbeReport) -> dict:
 def decide(m: dict) -> tuple[str, int | None, list[str]]:
     """(strategy, train_last for partial, reasons): the rules, in order; the first that applies decides."""
     n, acc, low, high = m["images_per_class"], m["probe_accuracy"], m["low_level_similarity"], m["high_level_similarity"]
+    measured_similarity = low is not None and high is not None
+    # a model without BatchNorm (ViT, ConvNeXt's LayerNorm) gives no similarity: no rule may treat the data as far
+    # from ImageNet on its account, and no reason may quote a figure for it
     low = 1.0 if low is None else low
     high = 1.0 if high is None else high
     last = m["stages"][-1]
     fit = (f"the frozen features of {last} separate your classes {acc:.0%} of the time (linear probe, cross-validated "
            f"on train; chance is {m['chance']:.0%})")
     looks = (f"to the pretrained BatchNorm layers your images look {low:.2f} similar to ImageNet in low-level "
-             f"statistics and {high:.2f} in high-level ones (1 = the same)")
+             f"statistics and {high:.2f} in high-level ones (1 = the same)" if measured_similarity else
+             "this model has no BatchNorm layers, so how far your images are from ImageNet was not measured: the "
+             "probe's accuracies decide alone")
     reasons = []
     if n < FEW_IMAGES:
         reasons += [f"only {n:.0f} training images per class: fine-tuning backbone weights on so few overfits", fit,
@@ -106,7 +111,7 @@ def decide(m: dict) -> tuple[str, int | None, list[str]]:
                        "first fit the head on frozen features, then fine-tune all layers from that head (LP-FT): a "
                        "random head would send large gradients into the pretrained features in the first epochs")
         return strategy, None, reasons
-    k = 1 if high >= SIMILAR and acc >= FEATURES_POOR else 2
+    k = 1 if measured_similarity and high >= SIMILAR and acc >= FEATURES_POOR else 2
     best, by_stage = m["best_stage"], m["probe_accuracy_by_stage"]
     reasons += [fit + f"; fine-tuning the last {'stage group' if k == 1 else f'{k} stage groups'} is likely to gain",
                 looks]
@@ -181,7 +186,8 @@ def verification_configs(rec: Recommendation, *, seed: int = 0, epochs: int = 4,
     for name in (rec.strategy, rec.runner_up):
         train_last = rec.hyperparameters["train_last"] if name == rec.strategy else None
         if name == "partial" and train_last is None:
-            train_last = 1 if (m["high_level_similarity"] or 1) >= SIMILAR else 2
+            high = m["high_level_similarity"]
+            train_last = 1 if high is not None and high >= SIMILAR else 2  # unmeasured (no BatchNorm): the default
         hp = rec.hyperparameters if name == rec.strategy else hyperparameters(name, train_last, m, rec.hyperparameters["model"])
         configs[name] = TrainConfig(model=hp["model"], strategy=name, train_last=hp["train_last"] if name == "partial" else None,
                                     lr_decay=hp["lr_decay"], epochs=min(epochs, hp["epochs"]), image_size=hp["image_size"],
