@@ -77,6 +77,7 @@ print(kit.versus("linear", "scratch"))
 
 # %%
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
 for ax, (name, label) in zip(axes, [("scratch", "scratch"), ("feature extraction", "linear")]):
@@ -87,6 +88,7 @@ for ax, (name, label) in zip(axes, [("scratch", "scratch"), ("feature extraction
     ax.axhline(1 / 3, color="grey", ls=":", label="chance")
     ax.set_title(name)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 axes[0].set_ylabel("accuracy")
 axes[0].legend()
 plt.tight_layout()

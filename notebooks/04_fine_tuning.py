@@ -112,22 +112,23 @@ print("discriminative LRs of `full`:", {k: f"{v:.1e}" for k, v in rates.items()}
 
 # %%
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 labels = {"discriminative": "full", "one high LR (1e-2)": "full-high", "one low LR (1e-5)": "full-low"}
 groups = [stage_names[0], stage_names[len(stage_names) // 2], stage_names[-1]]
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
 for name, label in labels.items():
     h = kit.history(label)
-    epochs = [r["epoch"] for r in h]
-    axes[0].plot(epochs, [r[f"cka_{groups[0]}"] for r in h], "o-", label=name)
-    axes[1].plot(epochs, [r[f"drift_{groups[0]}"] for r in h], "o-", label=name)
-    if "imagenet_top1" in h[0]:
-        axes[2].plot(epochs, [r["imagenet_top1"] for r in h], "o-", label=name)
+    for ax, key in zip(axes, (f"cka_{groups[0]}", f"drift_{groups[0]}", "imagenet_top1")):
+        measured = [(r["epoch"], r[key]) for r in h if r.get(key) not in (None, "")]  # the monitor skips epochs
+        if measured:
+            ax.plot(*zip(*measured), "o-", label=name)
 axes[0].set_title(f"CKA of {groups[0]} with its pretrained features")
 axes[1].set_title(f"weight drift of {groups[0]}")
 axes[2].set_title("ImageNet top-1 left (original head)")
 for ax in axes:
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 axes[0].legend(fontsize=8)
 plt.tight_layout()
 plt.show()

@@ -103,7 +103,8 @@ for n in S.sweep:
 plt.figure(figsize=(6, 3.4))
 for s, label in (("scratch", "scratch"), ("linear", "pretrained, feature extraction")):
     plt.plot(list(sweep), [sweep[n][s]["test_accuracy"] for n in sweep], "o-", label=label)
-plt.xscale("log"); plt.xlabel("training images per class"); plt.ylabel("test accuracy")
+plt.xscale("log"); plt.xticks(list(sweep), [str(n) for n in sweep]); plt.minorticks_off()
+plt.xlabel("training images per class"); plt.ylabel("test accuracy")
 plt.axhline(1 / 3, color="grey", ls=":", label="chance"); plt.legend(); plt.title("more data: does scratch catch up?")
 plt.show()
 
