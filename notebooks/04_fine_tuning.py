@@ -120,7 +120,7 @@ fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
 for name, label in labels.items():
     h = kit.history(label)
     for ax, key in zip(axes, (f"cka_{groups[0]}", f"drift_{groups[0]}", "imagenet_top1")):
-        measured = [(r["epoch"], r[key]) for r in h if r.get(key) not in (None, "")]  # the monitor skips epochs
+        measured = [(r["epoch"], r[key]) for r in h if isinstance(r.get(key), float) and r[key] == r[key]]  # skipped: nan
         if measured:
             ax.plot(*zip(*measured), "o-", label=name)
 axes[0].set_title(f"CKA of {groups[0]} with its pretrained features")
