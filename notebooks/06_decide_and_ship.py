@@ -66,13 +66,13 @@ def committed_winner(name: str) -> tuple[str, str]:
 
 def lesson_winner(prefix: str) -> tuple[str, str]:
     """This lesson's own runs of one dataset: the best, or the best and every run the test images cannot tell
-    from it (paired bootstrap, kit.versus)."""
+    from it (paired bootstrap, kit.tells_apart)."""
     runs = {s: json.loads((kit.RUNS / f"{prefix}-{s}" / "run.json").read_text())
             for s in ("scratch", "linear", "partial") if (kit.RUNS / f"{prefix}-{s}" / "run.json").is_file()}
     if not runs:
         return "not run", "run notebook 5 first"
     ranked = sorted(runs, key=lambda s: -runs[s]["test_accuracy"])
-    tied = [ranked[0]] + [s for s in ranked[1:] if "no difference" in kit.versus(f"{prefix}-{ranked[0]}", f"{prefix}-{s}")]
+    tied = [ranked[0]] + [s for s in ranked[1:] if not kit.tells_apart(f"{prefix}-{ranked[0]}", f"{prefix}-{s}")]
     best = ranked[0] if len(tied) == 1 else " ≈ ".join(tied) + " (tied)"
     figures = ", ".join(f"{s} {runs[s]['test_accuracy']:.3f}" for s in ranked)
     return best, f"this lesson, {prefix} cells, {S.name} setting, 1 seed (test: {figures})"

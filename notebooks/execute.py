@@ -84,10 +84,17 @@ def execute(source: Path, target: Path, timeout: int = 3600) -> float:
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
     seconds = time.perf_counter() - t0
+    save(nb, target)
+    return seconds
+
+
+def save(nb, target: Path) -> None:
+    """An executed notebook as committed: outputs scrubbed of machine paths, no widget state."""
+    import jupytext
+
     scrub(nb)
     nb.metadata.pop("widgets", None)
     jupytext.write(nb, target, fmt="ipynb")
-    return seconds
 
 
 def execute_in_one_kernel(sources: list[Path], out: Path, timeout: int = 600) -> None:
@@ -108,8 +115,7 @@ def execute_in_one_kernel(sources: list[Path], out: Path, timeout: int = 600) ->
             nb.cells.insert(0, nbformat.v4.new_code_cell("%reset -f"))
             NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3").execute()
             nb.cells.pop(0)
-            scrub(nb)
-            jupytext.write(nb, out / source.with_suffix(".ipynb").name, fmt="ipynb")
+            save(nb, out / source.with_suffix(".ipynb").name)
     finally:
         km.shutdown_kernel(now=True)
 

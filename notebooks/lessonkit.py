@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import warnings
+from unittest import mock
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -118,19 +119,9 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-@contextlib.contextmanager
 def _hub_offline(on: bool):
     """HF_HUB_OFFLINE=1 for the duration (headstart then uses its caches only, as `headstart --offline` does)."""
-    was = os.environ.get("HF_HUB_OFFLINE")
-    if on:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if was is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = was
+    return mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"} if on else {})
 
 
 @contextlib.contextmanager
@@ -201,22 +192,27 @@ def summary(label: str, r: dict) -> str:
             f"{r['epochs']} ep  {r['train_seconds']:.0f} s  {r['trainable_params']:,} trainable")
 
 
+def paired(a: str, b: str):
+    """Run `a` against run `b` on the same test images: headstart's `stats.paired_difference` (the test `compare`
+    uses) on the two runs' test predictions. One seed each, so it speaks for these two trainings on these images,
+    not for the strategies in general."""
+    from headstart.compare import predictions
+    from headstart.stats import paired_difference
+
+    return paired_difference([predictions(RUNS / a, a, SEED, None)], [predictions(RUNS / b, b, SEED, None)])
+
+
+def tells_apart(a: str, b: str) -> bool:
+    """Whether the 95% interval of run a − run b excludes zero."""
+    d = paired(a, b)
+    return d.low > 0 or d.high < 0
+
+
 def versus(a: str, b: str) -> str:
-    """Run `a` against run `b` on the same test images: the paired difference in points with its 95% bootstrap
-    interval (headstart's `stats.paired_difference`, the test `compare` uses), and what it lets you say. One
-    seed each, so it speaks for these two trainings on these images, not for the strategies in general."""
-    from headstart.runs import read_test_predictions
-    from headstart.stats import RunPredictions, paired_difference
-
-    def predictions(label: str) -> RunPredictions:
-        ids, y_true, y_pred = read_test_predictions(RUNS / label)
-        return RunPredictions(label, 0, np.array(y_true), np.array(y_pred), ids)
-
-    d = paired_difference([predictions(a)], [predictions(b)])
-    if d.low > 0 or d.high < 0:
-        said = f"{a if d.difference > 0 else b} is ahead"
-    else:
-        said = "no difference these test images can tell apart from zero"
+    """`paired(a, b)` as one line: the difference in points, its 95% interval, and what it lets you say."""
+    d = paired(a, b)
+    said = (f"{a if d.difference > 0 else b} is ahead" if d.low > 0 or d.high < 0 else
+            "no difference these test images can tell apart from zero")
     return (f"{a} − {b}: {100 * d.difference:+.1f} points (95% interval {100 * d.low:+.1f} to {100 * d.high:+.1f}) "
             f"→ {said}")
 
