@@ -72,7 +72,7 @@ DATASETS: dict[str, tuple[str, tuple[int | None, ...], tuple[str, ...] | None]] 
     "clothing-small": ("val-as-test", (10, None), None),
     "pacs-sketch": ("val-as-test", (10, 50, None), None),
     "dtd-7": ("folds", (10, None), None),
-    "fer2013": ("val-as-test", (10, 50, 200), None),
+    "fer2013": ("val-as-test", (10, 50, None), None),  # 200/class is all it has, less val
     "rsscn7": ("folds", (10, None), None),
     "blood-cells-pbc": ("val-as-test", (10, 50, None), None),
 }
