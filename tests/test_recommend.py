@@ -1,13 +1,16 @@
 """The recommender's rules react to the measurements, and the CLI gives strategy, reasons, hyperparameters."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from headstart.analysis.recommend import decide, hyperparameters
+from headstart.analysis.recommend import (CellRule, decide, hyperparameters, pick_label, runner_up, shipped_rule, split_label,
+                                          track_record)
+from headstart.strategies import STRATEGIES
 
 STAGES = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7"]
 
@@ -20,25 +23,51 @@ def measured(n=120, acc=0.9, low=0.99, high=0.97, best="stage7", classes=2):
             "low_level_similarity": low, "high_level_similarity": high, "image_size": 224, "stages": STAGES}
 
 
+# A rule as the benchmark fits one: size × probe accuracy, a pick and a record per cell.
+RECORD = {"tasks": ["a-10", "b-10"], "best_or_tied": {"partial:1": 2, "linear": 1},
+          "mean_regret": {"partial:1": 0.0, "linear": 3.5, "full": 6.0, "scratch": 30.0}}
+RULE = CellRule(40, "probe_accuracy", 0.8, {"small data, features fit": "partial:1", "small data, features poor": "gradual",
+                                            "large data, features fit": "lp-ft", "large data, features poor": "full"},
+                {"small data, features fit": RECORD})
+
+
 @pytest.mark.parametrize("m, expected", [
-    (measured(n=120, acc=0.97), "linear"),  # hymenoptera-like: the features already fit
-    (measured(n=10, acc=0.7), "linear"),  # too few images for anything else
-    (measured(n=150, acc=0.88), "partial"),  # similar domain, some headroom, small data
-    (measured(n=500, acc=0.88, low=0.91, high=0.92), "lp-ft"),  # mild low-level shift, enough data
-    (measured(n=500, acc=0.85, low=0.8, high=0.86), "full"),  # far low-level statistics (greyscale, medical)
-    (measured(n=150, acc=0.7, low=0.97, high=0.9), "gradual"),  # content shift, poor features, small data
-    (measured(n=5000, acc=0.6, low=0.6, high=0.7), "scratch"),  # far at every depth, lots of data
+    (measured(n=10, acc=0.9), ("partial", 1)),  # small, the features fit
+    (measured(n=10, acc=0.7), ("gradual", None)),  # small, poor features
+    (measured(n=150, acc=0.88), ("lp-ft", None)),
+    (measured(n=500, acc=0.6, low=0.8, high=0.86), ("full", None)),
+    (measured(n=5000, acc=0.6, low=0.6, high=0.7), ("scratch", None)),  # beyond the benchmark: the hand-written rule
 ])
-def test_the_pick_follows_the_measurements(m, expected):
-    strategy, train_last, reasons = decide(m)
-    assert strategy == expected
+def test_the_pick_is_the_cell_rules_for_the_measured_cell(m, expected):
+    strategy, train_last, reasons = decide(m, RULE)
+    assert (strategy, train_last) == expected
     assert reasons and all(isinstance(r, str) and r for r in reasons)
     assert any(f"{m['probe_accuracy']:.0%}" in r for r in reasons)  # the reasons quote the measurements
+    assert any(f"{m['images_per_class']:.0f}" in r for r in reasons)
 
 
-def test_partial_unfreezes_more_when_the_content_differs():
-    assert decide(measured(n=150, acc=0.88))[1] == 1
-    assert decide(measured(n=150, acc=0.88, high=0.9))[1] == 2
+def test_the_reasons_quote_the_cells_track_record_on_the_benchmark():
+    _, _, reasons = decide(measured(n=10, acc=0.9), RULE)
+    assert any("features fit" in r and "0.80" in r for r in reasons)  # which side of which cut
+    assert any("2 tasks in this cell" in r and "mean regret 0.0" in r and "linear, 3.5" in r for r in reasons)
+    _, _, reasons = decide(measured(n=100, acc=0.6), RULE)
+    assert any("no task in this cell" in r for r in reasons)  # no record is claimed where there is none
+
+
+def test_the_runner_up_is_the_cells_second_best():
+    assert runner_up(RULE, measured(n=10, acc=0.9), "partial") == "linear"
+    assert runner_up(RULE, measured(n=100, acc=0.6), "full") == "lp-ft"  # no record: the pick's usual rival
+
+
+def test_the_shipped_rule_and_its_record_agree_with_the_benchmarks_docs():
+    record = track_record()
+    rule = shipped_rule()
+    assert set(rule.picks) == set(rule.cells())
+    assert all(split_label(label)[0] in STRATEGIES for label in rule.picks.values())
+    docs = (Path(__file__).parents[1] / "docs" / "recommend.md").read_text()
+    assert f"{record['tasks']} tasks from {len(record['datasets'])} datasets" in docs
+    ours = record["policies"][record["recommend_policy"]]
+    assert f"| {record['recommend_policy']} | {ours['mean_regret']:.2f} | {ours['worst_regret']:.1f} |" in docs
 
 
 def test_hyperparameters_follow_the_pick():
@@ -82,19 +111,24 @@ def test_cli_recommend_json_and_verify(tmp_path):
     assert result.exit_code == 0, result.output
     rec = json.loads(result.stdout)
     assert {"strategy", "reasons", "hyperparameters"} <= set(rec)
-    assert rec["strategy"] == "linear"  # 10 images per class: too few to fine-tune
+    strategy, train_last, _ = decide(rec["measurements"])  # the shipped rule's pick for what was measured
+    assert (rec["strategy"], rec["hyperparameters"]["train_last"]) == (strategy, train_last)
     v = rec["verify"]
-    assert set(v["results"]) == {"linear", "partial"}
+    assert set(v["results"]) == {pick_label(strategy, train_last), rec["runner_up"]}
     assert all(0 <= r["val_accuracy_best"] <= 1 and r["epochs"] == 1 for r in v["results"].values())
     assert isinstance(v["held"], bool)
-    assert (tmp_path / "runs" / "partial" / "run.json").is_file()
+    assert all((tmp_path / "runs" / label.replace(":", "-k") / "run.json").is_file() for label in v["results"])
 
 
 def test_without_batchnorm_the_reasons_say_similarity_was_not_measured_instead_of_quoting_a_figure():
     """ViTs and ConvNeXts have no BatchNorm statistics to compare with: recommend must not pass 1.00 off as a
     measurement, nor unfreeze only one group as if the data were known to look like ImageNet."""
     m = measured(n=150, acc=0.88, low=None, high=None)
-    strategy, train_last, reasons = decide(m)
-    assert strategy == "partial" and train_last == 2
+    by_similarity = CellRule(40, "high_level_similarity", 0.9, {"small data, similar to ImageNet": "linear",
+                                                                 "small data, different from ImageNet": "partial",
+                                                                 "large data, similar to ImageNet": "lp-ft",
+                                                                 "large data, different from ImageNet": "full"})
+    strategy, train_last, reasons = decide(m, by_similarity)
+    assert strategy == "lp-ft"  # unmeasured similarity is never taken for "different"
     assert not any("1.00" in r for r in reasons)
     assert any("no BatchNorm" in r for r in reasons)

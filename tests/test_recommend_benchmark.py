@@ -19,8 +19,14 @@ def record(dataset: str, n: int, probe: float, test: dict[str, float], tied: lis
     best = max(scores, key=scores.get)
     return {"task": f"{dataset}-{n}", "dataset": dataset, "test": scores, "best": best, "tied": [best, *tied],
             "winner": None if tied else best,
-            "recommend": {"label": "linear", "measurements": {"images_per_class": n, "probe_accuracy": probe,
-                                                              "high_level_similarity": 0.97}}}
+            "recommend": {"label": "linear", "measurements": measured(n, probe)}}
+
+
+def measured(n: int, probe: float, high: float = 0.97) -> dict:
+    """What recommend measures, as its JSON keeps it (the fields `decide` reads)."""
+    return {"images_per_class": n, "probe_accuracy": probe, "high_level_similarity": high, "low_level_similarity": 0.99,
+            "stages": ["stem", "stage1"], "best_stage": "stage1", "probe_accuracy_by_stage": {"stem": 0.5, "stage1": probe},
+            "chance": 0.5}
 
 
 def test_regret_is_zero_inside_the_tied_set_and_the_gap_in_points_outside_it():
@@ -30,20 +36,26 @@ def test_regret_is_zero_inside_the_tied_set_and_the_gap_in_points_outside_it():
     assert bench.regret(r, "scratch") == pytest.approx(20.0)
 
 
-def test_the_compare_label_of_recommends_pick():
-    assert bench.pick_label("partial", 2) == "partial"
-    assert bench.pick_label("partial", 1) == "partial:1"
-    assert bench.pick_label("lp-ft", None) == "lp-ft"
-
-
 def test_the_cell_rule_learns_a_size_threshold_from_the_fitting_tasks():
     # small tasks: linear is best; large ones: full is best by 10 points
     records = [record(d, n, 0.9, {"linear": 0.9, "full": 0.8} if n < 50 else {"full": 0.9, "linear": 0.8}, [])
                for d in ("a", "b") for n in (10, 20, 200, 400)]
     rule = bench.fit_cell_rule(records)
-    assert rule({"images_per_class": 10, "probe_accuracy": 0.9}) == "linear"
-    assert rule({"images_per_class": 300, "probe_accuracy": 0.9}) == "full"
-    assert sum(bench.regret(r, rule(r["recommend"]["measurements"])) for r in records) == 0
+    assert rule.pick(measured(10, 0.9)) == "linear"
+    assert rule.pick(measured(300, 0.9)) == "full"
+    assert 20 < rule.size_threshold < 200  # a cut between the sizes it saw, not at one of them
+    assert sum(bench.regret(r, rule.pick(r["recommend"]["measurements"])) for r in records) == 0
+    large = rule.record[rule.cell(measured(300, 0.9))]
+    assert large["best_or_tied"]["full"] == 4 and large["mean_regret"]["linear"] == pytest.approx(10.0)
+
+
+def test_the_fit_may_cut_on_the_probe_instead_of_the_size():
+    # the features decide here: where the probe is poor, full wins; where it fits, linear does, at any size
+    records = [record(d, n, p, {"linear": 0.9, "full": 0.8} if p > 0.8 else {"full": 0.9, "linear": 0.8}, [])
+               for d in ("a", "b") for n in (10, 300) for p in (0.6, 0.95)]
+    rule = bench.fit_cell_rule(records)
+    assert rule.measure == "probe_accuracy" and 0.6 < rule.threshold < 0.95
+    assert rule.pick(measured(30, 0.5)) == "full" and rule.pick(measured(30, 0.99)) == "linear"
 
 
 def test_leave_one_dataset_out_never_fits_on_the_scored_dataset():
@@ -55,7 +67,7 @@ def test_leave_one_dataset_out_never_fits_on_the_scored_dataset():
     assert picks["odd-300"] == "full"  # what the other datasets taught, and a 10-point regret here
     assert picks["a-300"] == "full"
     table = bench.policy_table(records)
-    assert table["cell rule, leave-one-dataset-out"]["regret"]["odd-300"] == pytest.approx(10.0)
+    assert table[bench.RECOMMEND]["regret"]["odd-300"] == pytest.approx(10.0)
     assert table["oracle"]["mean_regret"] == 0
 
 

@@ -187,7 +187,8 @@ def recommend(data, *, model: str = "efficientnet_lite0", per_class: int | None 
     if verify:
         out = Path(out or "runs/recommend-verify")
         runs = {}
-        for name, cfg in verification_configs(rec, seed=seed, epochs=verify_epochs, cache_dir=cache_dir).items():
-            runs[name] = {**train(splits, cfg, out / name, command="recommend --verify"), "run_dir": str(out / name)}
+        for label, cfg in verification_configs(rec, seed=seed, epochs=verify_epochs, cache_dir=cache_dir).items():
+            folder = out / label.replace(":", "-k")  # no colons in file names, as compare's run folders
+            runs[label] = {**train(splits, cfg, folder, command="recommend --verify"), "run_dir": str(folder)}
         rec.verify = verification_verdict(rec, runs, verify_epochs)
     return rec

@@ -2,21 +2,26 @@
 
 The textbook rule is a 2x2 table: small data & similar domain -> feature extraction; large & similar ->
 fine-tune; small & different -> fine-tune the top, or train a linear model on earlier features; large &
-different -> fine-tune everything (or train from scratch). Here both axes are measured instead of guessed:
+different -> fine-tune everything (or train from scratch). Here the axes are measured instead of guessed:
 
     size        training images per class (and the number of classes, the imbalance)   <- check
     fit         linear-probe accuracy of the frozen features, per stage group            <- probe
     similarity  BatchNorm-statistics similarity to the pretraining data, low / high level <- probe
 
-and the decision is a short list of rules in `decide`, each of which writes the reason it fired in plain
-words with the numbers it used. `api.recommend(..., verify=True)` trains the pick and the runner-up for a
-few epochs on the same split and seed (`verification_configs`), and says whether the pick held.
+and the pick is not a hand-written rule but a `CellRule` fitted on a benchmark of real datasets
+(`bench/recommend.py`): two thresholds cut the measurements into four cells, and each cell picks the strategy
+that lost the least test accuracy to the best one over the benchmark's tasks in that cell. The fitted rule and its
+track record ship as `track_record.json` beside this file; every reason quotes the measurement it used and the
+cell's record. `api.recommend(..., verify=True)` trains the pick and the runner-up for a few epochs on the same
+split and seed (`verification_configs`), and says whether the pick held.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 from headstart.analysis.check import CheckReport, check_splits
@@ -26,17 +31,16 @@ from headstart.data import DataSplits, load_data
 from headstart.strategies import get_strategy, group_learning_rates
 from headstart.train import TrainConfig
 
-# The thresholds of the rules, in one place (see `decide`).
-FEW_IMAGES = 20  # per class: below this, training any backbone weights overfits
-FEATURES_FIT = 0.95  # probe accuracy at which fine-tuning has little left to gain
-FEATURES_POOR = 0.80  # probe accuracy below which the top features are the wrong ones for this data
+TRACK_RECORD = Path(__file__).with_name("track_record.json")  # written by `bench/recommend.py table`
 SIMILAR = 0.95  # BatchNorm similarity: the data looks like the pretraining data to these layers
 DIFFERENT = 0.85  # ... clearly does not (greyscale, medical, upscaled thumbnails measured 0.7-0.9)
-MANY_IMAGES = 300  # per class: enough to move early layers without overfitting
-SCRATCH_IMAGES = 2000  # per class, with a far domain and poor features: a randomly initialised net can win
-
-RUNNER_UP = {"linear": "partial", "partial": "linear", "lp-ft": "full", "full": "lp-ft", "gradual": "partial",
-             "scratch": "full"}
+# Outside the benchmark's range (it has no task this large), one rule stays hand-written: with this many images
+# per class, a domain far at every depth and poor features, a randomly initialised network can win.
+SCRATCH_IMAGES = 2000
+FEATURES_POOR = 0.80
+# The measurements a CellRule may cut on (besides size), each with the words for its two sides.
+MEASURES = {"probe_accuracy": ("features fit", "features poor"),
+            "high_level_similarity": ("similar to ImageNet", "different from ImageNet")}
 
 
 @dataclass
@@ -74,55 +78,120 @@ def measurements(check: CheckReport, report: ProbeReport) -> dict:
     }
 
 
-def decide(m: dict) -> tuple[str, int | None, list[str]]:
-    """(strategy, train_last for partial, reasons): the rules, in order; the first that applies decides."""
+@dataclass(frozen=True)
+class CellRule:
+    """Two thresholds cut the measurements into four cells (training images per class × one measurement of the
+    features: probe accuracy or high-level similarity); each cell names a strategy, as a compare label
+    ('partial:1' trains the last stage group, 'partial' the last two). `record` holds, per cell, what the benchmark
+    measured there (tasks, how often each strategy was best or tied with the best, mean regret per strategy):
+    the reasons quote it."""
+
+    size_threshold: float
+    measure: str
+    threshold: float
+    picks: dict[str, str]
+    record: dict[str, dict] = field(default_factory=dict)
+
+    def sides(self, m: dict) -> tuple[bool, bool]:
+        """(small data, poor/different features). An unmeasured value (no BatchNorm) counts as the good side:
+        no pick may treat the data as far from ImageNet on account of a figure nobody measured."""
+        value = m.get(self.measure)
+        return m["images_per_class"] < self.size_threshold, value is not None and value < self.threshold
+
+    def cell(self, m: dict) -> str:
+        small, low = self.sides(m)
+        return f"{'small' if small else 'large'} data, {MEASURES[self.measure][low]}"
+
+    def cells(self) -> list[str]:
+        return [f"{size} data, {side}" for size in ("small", "large") for side in MEASURES[self.measure]]
+
+    def pick(self, m: dict) -> str:
+        return self.picks[self.cell(m)]
+
+    def runner_up(self, m: dict) -> str | None:
+        """The strategy with the next-least mean regret in the pick's cell, if the benchmark had tasks there."""
+        regrets = self.record.get(self.cell(m), {}).get("mean_regret", {})
+        ranked = sorted((r, s) for s, r in regrets.items() if s != self.pick(m) and s != "scratch")
+        return ranked[0][1] if ranked else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CellRule":
+        return cls(d["size_threshold"], d["measure"], d["threshold"], dict(d["picks"]), dict(d.get("record", {})))
+
+
+@lru_cache(maxsize=1)
+def shipped_rule() -> CellRule:
+    """The rule fitted on the whole benchmark (`bench/recommend.py table` writes it)."""
+    return CellRule.from_dict(json.loads(TRACK_RECORD.read_text())["rule"])
+
+
+def track_record() -> dict:
+    """The benchmark's summary that ships with headstart: the rule, every policy's leave-one-dataset-out regret,
+    and the lesson's 2 × 2 decision table with the measured winners."""
+    return json.loads(TRACK_RECORD.read_text())
+
+
+def split_label(label: str) -> tuple[str, int | None]:
+    """A compare label as (strategy, train_last): 'partial:1' -> ('partial', 1), 'partial' -> ('partial', 2)."""
+    strategy, _, depth = label.partition(":")
+    if strategy != "partial":
+        return strategy, None
+    return strategy, int(depth) if depth else 2
+
+
+def decide(m: dict, rule: CellRule | None = None) -> tuple[str, int | None, list[str]]:
+    """(strategy, train_last for partial, reasons): the fitted cell rule (the shipped one unless `rule` is given),
+    after the one hand-written rule for data far larger than the benchmark's."""
+    rule = rule or shipped_rule()
     n, acc, low, high = m["images_per_class"], m["probe_accuracy"], m["low_level_similarity"], m["high_level_similarity"]
     measured_similarity = low is not None and high is not None
-    # a model without BatchNorm (ViT, ConvNeXt's LayerNorm) gives no similarity: no rule may treat the data as far
-    # from ImageNet on its account, and no reason may quote a figure for it
-    low = 1.0 if low is None else low
-    high = 1.0 if high is None else high
     last = m["stages"][-1]
     fit = (f"the frozen features of {last} separate your classes {acc:.0%} of the time (linear probe, cross-validated "
            f"on train; chance is {m['chance']:.0%})")
     looks = (f"to the pretrained BatchNorm layers your images look {low:.2f} similar to ImageNet in low-level "
              f"statistics and {high:.2f} in high-level ones (1 = the same)" if measured_similarity else
              "this model has no BatchNorm layers, so how far your images are from ImageNet was not measured: the "
-             "probe's accuracies decide alone")
-    reasons = []
-    if n < FEW_IMAGES:
-        reasons += [f"only {n:.0f} training images per class: fine-tuning backbone weights on so few overfits", fit,
-                    "train only a new head on the frozen features"]
-        return "linear", None, reasons
-    if n >= SCRATCH_IMAGES and low < DIFFERENT and high < DIFFERENT and acc < FEATURES_POOR:
-        reasons += [f"{n:.0f} images per class is a lot", looks + ": far from ImageNet at every depth", fit,
-                    "a randomly initialised network has the data to learn its own features; compare it with `full`"]
-        return "scratch", None, reasons
-    if acc >= FEATURES_FIT and low >= DIFFERENT:
-        reasons += [fit + f": at most {1 - acc:.0%} is left for fine-tuning to gain", looks,
-                    f"with {n:.0f} images per class, training backbone weights risks overfitting more than it can gain",
-                    "train a new head on the frozen features (fast: features are computed once)"]
-        return "linear", None, reasons
-    if n >= MANY_IMAGES and low < SIMILAR:
-        strategy = "full" if acc < FEATURES_POOR or low < DIFFERENT else "lp-ft"
-        reasons += [looks + ": the early layers see a different kind of image, so they need to adapt too", fit,
-                    f"{n:.0f} images per class are enough to fine-tune every layer"]
-        reasons.append("fine-tune all layers with discriminative learning rates" if strategy == "full" else
-                       "first fit the head on frozen features, then fine-tune all layers from that head (LP-FT): a "
-                       "random head would send large gradients into the pretrained features in the first epochs")
-        return strategy, None, reasons
-    k = 1 if measured_similarity and high >= SIMILAR and acc >= FEATURES_POOR else 2
+             "probe's accuracy and the size decide alone")
+    if (n >= SCRATCH_IMAGES and measured_similarity and low < DIFFERENT and high < DIFFERENT
+            and acc < FEATURES_POOR):
+        return "scratch", None, [
+            f"{n:.0f} images per class is a lot (more than any task of the benchmark the other picks are fitted on)",
+            looks + ": far from ImageNet at every depth", fit,
+            "a randomly initialised network has the data to learn its own features; compare it with `full`"]
+    label = rule.pick(m)
+    strategy, train_last = split_label(label)
+    small, low_side = rule.sides(m)
+    value = m.get(rule.measure)
+    reasons = [f"{n:.0f} training images per class" + (
+        f": {'under' if small else 'at least'} the {rule.size_threshold:.0f} per class that splits the benchmark's "
+        "tasks by size" if rule.size_threshold else ""), fit, looks]
+    if value is not None and rule.threshold:
+        name = "probe accuracy" if rule.measure == "probe_accuracy" else "high-level similarity"
+        reasons.append(f"{name} {value:.2f} is {'below' if low_side else 'at or above'} the benchmark's cut at "
+                       f"{rule.threshold:.2f}: this data falls in the cell '{rule.cell(m)}'")
+    reasons.append(cell_track_record(rule, rule.cell(m), label))
     best, by_stage = m["best_stage"], m["probe_accuracy_by_stage"]
-    reasons += [fit + f"; fine-tuning the last {'stage group' if k == 1 else f'{k} stage groups'} is likely to gain",
-                looks]
-    if best != last:
+    if best != last and strategy in ("partial", "gradual", "full", "lp-ft"):
         reasons.append(f"features of {best} separate the classes better ({by_stage[best]:.0%}) than the last ones: "
-                       "the top layers are specialised to ImageNet")
-    if n < MANY_IMAGES and k == 2 and acc < FEATURES_POOR:
-        reasons.append(f"with {n:.0f} images per class, unfreeze gradually (head first) to keep the pretrained features")
-        return "gradual", None, reasons
-    reasons.append(f"{n:.0f} images per class: enough for the top of the network, with the early layers frozen")
-    return "partial", k, reasons
+                       "the top layers are specialised to ImageNet, and this pick trains them")
+    return strategy, train_last, reasons
+
+
+def cell_track_record(rule: CellRule, cell: str, label: str) -> str:
+    """One sentence: what the benchmark measured for the pick in this cell."""
+    record = rule.record.get(cell)
+    if not record or not record.get("tasks"):
+        return (f"the benchmark had no task in this cell: {label} is the strategy with the least regret over all "
+                "its tasks")
+    tasks, wins = record["tasks"], record["best_or_tied"].get(label, 0)
+    regrets = record["mean_regret"]
+    others = sorted((r, s) for s, r in regrets.items() if s != label)
+    next_best = f"; the next best, {others[0][1]}, {others[0][0]:.1f}" if others else ""
+    return (f"on the benchmark's {len(tasks)} task{'s' if len(tasks) != 1 else ''} in this cell, {label} was the best "
+            f"or tied with it in {wins} (mean regret {regrets[label]:.1f} test-accuracy points{next_best})")
 
 
 def hyperparameters(strategy: str, train_last: int | None, m: dict, model: str) -> dict:
@@ -169,29 +238,44 @@ def measure_and_decide(data, *, model: str = "efficientnet_lite0", per_class: in
     check = check_splits(splits, deep=False)
     report = probe(splits, model=load_backbone(model), image_size=image_size, seed=seed, cache_dir=cache_dir)
     m = measurements(check, report)
-    strategy, train_last, reasons = decide(m)
+    rule = shipped_rule()
+    strategy, train_last, reasons = decide(m, rule)
     errors = [p for p in check.problems if p.severity == "error"]
     if errors:
         reasons.append(f"first fix the data: {errors[0].message} ({errors[0].fix})")
     hp = hyperparameters(strategy, train_last, m, model)
-    rec = Recommendation(strategy, reasons, hp, RUNNER_UP[strategy], m, command(splits.source if isinstance(data, DataSplits) else data, hp, per_class, classes),
-                         probe=report.to_dict())
+    source = splits.source if isinstance(data, DataSplits) else data
+    rec = Recommendation(strategy, reasons, hp, runner_up(rule, m, strategy), m,
+                         command(source, hp, per_class, classes), probe=report.to_dict())
     return rec, splits
 
 
+FALLBACK_RUNNER_UP = {"linear": "partial", "partial": "linear", "lp-ft": "full", "full": "lp-ft", "gradual": "partial",
+                      "scratch": "full"}
+
+
+def runner_up(rule: CellRule, m: dict, strategy: str) -> str:
+    """The second-best strategy of the pick's cell on the benchmark (a compare label), or the pick's usual rival."""
+    return (rule.runner_up(m) if strategy != "scratch" else None) or FALLBACK_RUNNER_UP[strategy]
+
+
+def pick_label(strategy: str, train_last: int | None) -> str:
+    """The compare label of a pick: 'partial' trains the last 2 groups, 'partial:1' the last one."""
+    return f"partial:{train_last}" if strategy == "partial" and train_last not in (None, 2) else strategy
+
+
 def verification_configs(rec: Recommendation, *, seed: int = 0, epochs: int = 4, cache_dir=None) -> dict[str, TrainConfig]:
-    """The pick and the runner-up as short training runs on the same split and seed (`api.recommend` trains them)."""
-    m = rec.measurements
+    """The pick and the runner-up (keyed by compare label) as short training runs on the same split and seed
+    (`api.recommend` trains them)."""
+    m, model = rec.measurements, rec.hyperparameters["model"]
+    pick = pick_label(rec.strategy, rec.hyperparameters["train_last"])
     configs = {}
-    for name in (rec.strategy, rec.runner_up):
-        train_last = rec.hyperparameters["train_last"] if name == rec.strategy else None
-        if name == "partial" and train_last is None:
-            high = m["high_level_similarity"]
-            train_last = 1 if high is not None and high >= SIMILAR else 2  # unmeasured (no BatchNorm): the default
-        hp = rec.hyperparameters if name == rec.strategy else hyperparameters(name, train_last, m, rec.hyperparameters["model"])
-        configs[name] = TrainConfig(model=hp["model"], strategy=name, train_last=hp["train_last"] if name == "partial" else None,
-                                    lr_decay=hp["lr_decay"], epochs=min(epochs, hp["epochs"]), image_size=hp["image_size"],
-                                    augment=hp["augment"], seed=seed, cache_dir=cache_dir)
+    for label in (pick, rec.runner_up):
+        strategy, train_last = split_label(label)
+        hp = rec.hyperparameters if label == pick else hyperparameters(strategy, train_last, m, model)
+        configs[label] = TrainConfig(model=hp["model"], strategy=strategy, train_last=train_last, lr_decay=hp["lr_decay"],
+                                     epochs=min(epochs, hp["epochs"]), image_size=hp["image_size"],
+                                     augment=hp["augment"], seed=seed, cache_dir=cache_dir)
     return configs
 
 
@@ -200,5 +284,6 @@ def verification_verdict(rec: Recommendation, runs: dict[str, dict], epochs: int
     results = {name: {"val_accuracy_best": run["val_accuracy_best"], "epochs": run["epochs"],
                       "train_seconds": run["train_seconds"], "run_dir": run["run_dir"]} for name, run in runs.items()}
     best = max(results, key=lambda k: results[k]["val_accuracy_best"])
-    gap = results[best]["val_accuracy_best"] - results[rec.strategy]["val_accuracy_best"]
+    pick = pick_label(rec.strategy, rec.hyperparameters["train_last"])
+    gap = results[best]["val_accuracy_best"] - results[pick]["val_accuracy_best"]
     return {"results": results, "best": best, "held": gap <= 0.02, "gap": gap, "epochs": epochs}
