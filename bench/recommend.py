@@ -404,7 +404,7 @@ def table() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["run", "table"])
-    parser.add_argument("--tasks", help="comma-separated task names (default: all); `--tasks list` lists them")
+    parser.add_argument("--tasks", help="comma-separated task names, run in that order (default: all); `--tasks list` lists them")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", default="0,1,2",
@@ -422,7 +422,8 @@ def main() -> None:
     unknown = sorted(set(wanted) - {t.name for t in TASKS})
     if unknown:
         sys.exit(f"unknown tasks {', '.join(unknown)} (see --tasks list)")
-    run([t for t in TASKS if t.name in wanted], size=a.size, epochs=a.epochs,
+    by_name = {t.name: t for t in TASKS}
+    run([by_name[name] for name in wanted], size=a.size, epochs=a.epochs,
         seeds=[int(s) for s in a.seeds.split(",")], work=a.work, cache_dir=a.cache_dir)
 
 

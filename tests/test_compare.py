@@ -98,13 +98,33 @@ def test_controlled_settings_are_the_same_for_every_strategy(finished):
 def test_reports_have_one_row_per_strategy(finished):
     out, summary = finished
     md = (out / "report.md").read_text()
-    table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| strategy")]
+    results = md.split("## Where this data sits")[0]
+    table_rows = [line for line in results.splitlines() if line.startswith("| ") and not line.startswith("| strategy")]
     assert len(table_rows) == len(STRATEGIES)
     assert summary["sentence"][1:] in md.split("\n\n")[1]  # the verdict is the first paragraph
     assert "nothing was selected on" in md and "val images" in md  # what was selected on what, in small type
     html = (out / "report.html").read_text()
     assert html.count('data-strategy="') == len(STRATEGIES)
     assert "src=\"file:" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
+
+
+def test_the_reports_place_the_data_in_the_lessons_decision_table(finished):
+    """compare measures where its data sits (images per class, high-level similarity) and the reports show the
+    benchmark's measured 2 × 2 with that cell marked."""
+    from headstart.analysis.recommend import lesson_cell, track_record
+
+    out, summary = finished
+    placed = summary["setup"]["placement"]
+    assert placed["images_per_class"] == summary["setup"]["n_train"] / len(summary["setup"]["classes"])  # balanced
+    assert placed["cell"] == lesson_cell(placed["images_per_class"], placed["high_level_similarity"])
+    html = (out / "report.html").read_text()
+    section = html.split('id="decision"')[1]
+    assert section.count('class="here"') == 1 and "this comparison" in section
+    measured = track_record()["decision_table"]
+    for key, cell in measured.items():  # every measured cell's winners are shown
+        assert next(iter(cell["best"])) in section
+    md = (out / "report.md").read_text()
+    assert "**this data**" in md and placed["cell"] in md
 
 
 def test_interrupted_compare_finishes_only_the_missing_runs(data, tmp_path, monkeypatch):

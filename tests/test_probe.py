@@ -9,8 +9,9 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from headstart.analysis.probe import (BatchNormStatistics, fit_logistic, linear_probe, probe, stage_features,
-                                     stratified_folds)
+from headstart.analysis.probe import (BatchNormStatistics, domain_similarity, fit_logistic, linear_probe, probe,
+                                     stage_features, stratified_folds)
+from headstart.data import load_data
 from headstart.backbones import load_backbone
 from headstart.transforms import Preprocessing
 
@@ -85,6 +86,19 @@ def test_probe_end_to_end(tmp_path):
     assert all(0 <= s.cv_accuracy <= 1 and s.similarity is not None and 0 < s.similarity <= 1 for s in report.stages)
     d = report.to_dict()
     assert d["best_stage"] in [s.stage for s in report.stages]
+
+
+def test_domain_similarity_alone_measures_what_the_probe_measures(tmp_path):
+    """compare places its data in the lesson's 2 × 2 with this forward pass alone: on the same train images it must
+    give the probe's own low- and high-level similarity."""
+    data = coloured(tmp_path)
+    model = load_backbone("test_efficientnet")
+    model.pretrained = True  # its (random) BatchNorm statistics stand in for ImageNet's: the arithmetic is the point
+    report = probe(data, model=model, image_size=32, folds=3)
+    splits = load_data(data, val_fraction=0.2, seed=0)
+    low, high = domain_similarity(model, splits.train, image_size=32)
+    assert (low, high) == pytest.approx((report.similarity("low"), report.similarity("high")), rel=1e-6)
+    assert domain_similarity(load_backbone("test_efficientnet", pretrained=False), splits.train) == (None, None)
 
 
 def test_cli_probe_writes_json_and_plot(tmp_path):

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from headstart import engine
+from headstart.analysis.recommend import placement
 from headstart.report.html import write_compare_report
 from headstart.report.markdown import write_compare_markdown
 from headstart.backbones import resolve_backbone
@@ -234,7 +235,8 @@ def compare(
                             "evidence": evidence_note(fold_splits, folds, summary["n_test"], summary["selected_on"]),
                             "data_seed": data_seed, "model": base.model, "image_size": summary.pop("image_size"),
                             "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": complete,
-                            "command": command, "environment": summary.pop("environment")}
+                            "command": command, "environment": summary.pop("environment"),
+                            "placement": placement(splits, base)}  # its cell of the lesson's 2 × 2
         write_json(out / SUMMARY_FILE, summary)
         if failed:
             warn(f"{len(failed)} of {len(todo)} runs failed; left out of the verdict: {', '.join(summary['left_out'])} "

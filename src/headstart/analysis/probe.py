@@ -153,6 +153,29 @@ def stage_features(model: StagedModel, pixels: np.ndarray, pre: Preprocessing, l
     return pooled_stage_outputs(model, pixels, pre, model.head.features, label=label, precision=precision)
 
 
+def domain_similarity(model: StagedModel, images: ImageSet, *, image_size: int | None = None, per_class: int = 100,
+                      seed: int = 0, cache_dir=None) -> tuple[float | None, float | None]:
+    """(low-level, high-level) BatchNorm similarity of `images` to the pretraining data, as `probe` measures it
+    but without the linear probes: one forward pass over at most `per_class` images of each class (a seeded
+    sample). (None, None) for a model without BatchNorm statistics or without pretrained weights."""
+    if not model.pretrained:
+        return None, None
+    pre = model.preprocessing.with_image_size(image_size or working_size(model.preprocessing, images))
+    sample = subsample_per_class(images, per_class, seed)
+    with BatchNormStatistics(model) as bn:
+        if not bn.layers:
+            return None, None
+        decoded = decode_images(sample, pre, cache_dir, label="decode train")
+        stage_features(model, decoded.pixels, pre, label="domain similarity")
+        kls = bn.kl_per_layer()
+    by_stage: dict[str, list[float]] = {}
+    for stage, kl in kls:
+        by_stage.setdefault(stage, []).append(kl)
+    values = [math.exp(-float(np.median(by_stage[s]))) for s in model.stage_names if s in by_stage]
+    third = max(1, len(values) // 3)  # as ProbeReport.similarity: the first and the last third of the groups
+    return float(np.mean(values[:third])), float(np.mean(values[-third:]))
+
+
 # ----------------------------------------------------------------------------------------- linear probes
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> Pipeline:
     """Standardised features -> logistic regression minimising mean cross-entropy + l2/2 * ||W||^2 (bias free).

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from headstart.analysis.check import CheckReport, check_splits
-from headstart.analysis.probe import ProbeReport, probe
+from headstart.analysis.probe import ProbeReport, domain_similarity, probe
 from headstart.backbones import load_backbone
 from headstart.data import DataSplits, load_data
 from headstart.strategies import get_strategy, group_learning_rates
@@ -38,6 +38,9 @@ DIFFERENT = 0.85  # ... clearly does not (greyscale, medical, upscaled thumbnail
 # per class, a domain far at every depth and poor features, a randomly initialised network can win.
 SCRATCH_IMAGES = 2000
 FEATURES_POOR = 0.80
+# The lesson's 2 × 2 (size × similarity to ImageNet) that the benchmark fills with measured winners: "small" is
+# under this many training images per class, "different" a high-level similarity under DIFFERENT.
+SMALL_PER_CLASS = 50
 # The measurements a CellRule may cut on (besides size), each with the words for its two sides.
 MEASURES = {"probe_accuracy": ("features fit", "features poor"),
             "high_level_similarity": ("similar to ImageNet", "different from ImageNet")}
@@ -120,6 +123,24 @@ class CellRule:
     @classmethod
     def from_dict(cls, d: dict) -> "CellRule":
         return cls(d["size_threshold"], d["measure"], d["threshold"], dict(d["picks"]), dict(d.get("record", {})))
+
+
+def lesson_cell(images_per_class: float, high_level_similarity: float | None) -> str:
+    """The cell of the lesson's 2 × 2 that data with these measurements falls in (unmeasured similarity, a model
+    without BatchNorm: 'similar', as everywhere in recommend)."""
+    size = "small" if images_per_class < SMALL_PER_CLASS else "large"
+    side = "different" if high_level_similarity is not None and high_level_similarity < DIFFERENT else "similar"
+    return f"{size} data, {side} to ImageNet"
+
+
+def placement(splits: DataSplits, cfg: TrainConfig) -> dict:
+    """Where a comparison on `splits` falls in the lesson's 2 × 2: its size, its measured high-level similarity
+    (a forward pass of the pretrained model over at most 100 train images per class), and the cell."""
+    counts = [n for n in splits.train.counts().values() if n > 0]
+    n = statistics.median(counts) if counts else 0
+    model = load_backbone(cfg.model, weights=cfg.weights)  # random weights measure nothing: domain_similarity says None
+    high = domain_similarity(model, splits.train, image_size=cfg.image_size, cache_dir=cfg.cache_dir)[1]
+    return {"images_per_class": n, "high_level_similarity": high, "cell": lesson_cell(n, high)}
 
 
 @lru_cache(maxsize=1)

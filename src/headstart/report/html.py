@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from headstart.report.diagram import DiagramRow, diagram_row, human, strategy_diagram
-from headstart.report.markdown import badge, data_name, evidence, findings, pct, pts, results_rows
+from headstart.report.markdown import (badge, cell_text, data_name, decision_cells, evidence, findings, pct,
+                                       placement_text, pts, results_rows)
 from headstart.report.plots import plot_confusion, plot_curves, subplots
 from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, best_run, read_history, read_run
 from headstart.strategies import Strategy, parse_label, what_trains
@@ -57,6 +58,7 @@ pre{background:#f4f6f9;padding:10px;border-radius:6px;white-space:pre-wrap;word-
 .badge{display:inline-block;background:#f28e2b;color:#fff;font-size:.72em;font-weight:700;text-transform:uppercase;
 letter-spacing:.04em;padding:2px 7px;border-radius:4px;vertical-align:middle}
 .badge.tied{background:#8a94a6}.badge.none{background:#b8282a}
+table.decision td{width:42%;vertical-align:top}table.decision td.here{background:#fff6ea;outline:2px solid #f28e2b}
 """
 
 
@@ -244,6 +246,27 @@ def results_table(summary: dict) -> str:
     return f'<table id="results"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def decision_html(summary: dict) -> str:
+    """The lesson's 2 × 2 with the benchmark's measured winners, this comparison's cell outlined (empty without a
+    placement: a summary written before compare measured one)."""
+    intro = placement_text(summary)
+    if intro is None:
+        return ""
+    cells = decision_cells(summary)
+    word = summary["winner"] or " ≈ ".join(summary.get("tied") or []) or "no winner"
+    rows = []
+    for size in ("small", "large"):
+        tds = "".join(
+            f'<td class="here">{escape(cell_text(c["measured"]))}<br><b>this comparison: {escape(word)}</b></td>'
+            if c["here"] else f"<td>{escape(cell_text(c['measured']))}</td>"
+            for c in cells if c["size"] == size)
+        rows.append(f"<tr><th>{size} data</th>{tds}</tr>")
+    return ("<h2>Where this data sits in the lesson's decision table</h2>"
+            f'<p class="note">{escape(intro)}</p><table class="decision" id="decision"><thead><tr><th></th>'
+            "<th>similar to ImageNet</th><th>different from ImageNet</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
 def compare_html(out: Path, summary: dict) -> str:
     setup = summary["setup"]
     seeds = setup["seeds"]
@@ -292,6 +315,7 @@ def compare_html(out: Path, summary: dict) -> str:
         f"<h2>Val predictions of the run this comparison stands for ({escape(chosen['strategy'])}, seed "
         f"{chosen['seed']}, the best on val)</h2>",
         grid_html(read_grid(chosen_dir)),
+        decision_html(summary),
         "<h2>Reproduce</h2>",
         reproduce_html(setup.get("command"), setup.get("environment"),
                        f"Seeds {', '.join(map(str, seeds))}; data split seed {setup.get('data_seed', 0)}; roles: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from headstart.analysis.recommend import track_record
 from headstart.report.diagram import human
 from headstart.runs import atomic_write_text
 
@@ -196,12 +197,64 @@ def compare_markdown(summary: dict) -> str:
               "Val accuracy is the best epoch's on the images that chose it, so it flatters; train accuracy and the "
               "gap are the last epoch's. Seconds: training time, decoding excluded; a frozen prefix whose features "
               "an earlier run on the same images cached costs nothing here.</small>", "",
-              f"Roles: {setup.get('roles', '')}", "", "## Reproduce", "", "```",
+              f"Roles: {setup.get('roles', '')}", "", *decision_markdown(summary), "## Reproduce", "", "```",
               setup.get("command") or "(run from the Python API)", "```", ""]
     env = setup.get("environment") or {}
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in env.items()))
     lines.append("")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ the lesson's decision table
+def decision_cells(summary: dict) -> list[dict]:
+    """The lesson's 2 × 2 (size × similarity to ImageNet) as the recommend benchmark measured it, cell by cell,
+    with `here` marking the cell this comparison's data falls in (compare measures it: setup's placement)."""
+    table = track_record()["decision_table"]
+    here = (summary["setup"].get("placement") or {}).get("cell")
+    return [{"key": key, "size": size, "side": side, "here": key == here, "measured": table.get(key)}
+            for size in ("small", "large") for side in ("similar", "different")
+            for key in [f"{size} data, {side} to ImageNet"]]
+
+
+def cell_text(measured: dict | None) -> str:
+    """What the benchmark found in one cell, in a line."""
+    if not measured:
+        return "no benchmark task fell here"
+    regrets = measured["mean_regret"]
+    least = min(regrets, key=lambda s: (regrets[s], s))
+    best = ", ".join(f"{s} ×{n}" for s, n in measured["best"].items())
+    n = len(measured["tasks"])
+    return (f"best: {best} (of {n} task{'s' if n != 1 else ''}); least mean regret: {least} "
+            f"({regrets[least]:.1f} pts)")
+
+
+def placement_text(summary: dict) -> str | None:
+    """Where this comparison's data sits in the lesson's 2 × 2, with the measurements that put it there."""
+    placed = summary["setup"].get("placement")
+    if not placed:
+        return None
+    record = track_record()
+    high = placed["high_level_similarity"]
+    similarity = ("similarity to ImageNet not measured (no BatchNorm statistics, or random weights)" if high is None
+                  else f"high-level similarity to ImageNet {high:.2f} (different: under {record['different_below']})")
+    return (f"This data: {placed['images_per_class']:.0f} training images per class (small: under "
+            f"{record['small_per_class']}), {similarity}: the cell '{placed['cell']}'. The benchmark behind "
+            f"`recommend` ({record['tasks']} tasks from {len(record['datasets'])} datasets, "
+            "docs/recommend.md) measured in each cell:")
+
+
+def decision_markdown(summary: dict) -> list[str]:
+    intro = placement_text(summary)
+    if intro is None:
+        return []
+    lines = ["## Where this data sits in the lesson's decision table", "", intro, "",
+             "| | similar to ImageNet | different from ImageNet |", "|---|---|---|"]
+    cells = decision_cells(summary)
+    for size in ("small", "large"):
+        row = [c for c in cells if c["size"] == size]
+        lines.append(f"| {size} data | " + " | ".join(
+            ("**this data** · " if c["here"] else "") + cell_text(c["measured"]) for c in row) + " |")
+    return lines + [""]
 
 
 def write_compare_markdown(out: str | Path, summary: dict) -> Path:
