@@ -12,11 +12,13 @@ the benchmark can be stopped (Ctrl-C) and resumed with the same command.
 
 `table` reads those JSONs and scores policies by regret: the best strategy's mean test figure minus the policy's
 pick's, in points, and 0 when the pick is in the verdict's tied set (a difference the test images cannot tell
-from zero is not a regret). Policies: recommend as it ships; fixed policies (always linear, partial, full, lp-ft;
-a size-only rule in the style of BiT's HyperRule); a rule tuned on the benchmark, scored leave-one-dataset-out
-(fitted without the dataset it is scored on); and the oracle. It writes `bench/results/recommend/table.json`,
-`decision_table.json` (the lesson's 2 × 2: size × similarity to ImageNet, with the measured winners) and
-`docs/recommend.md`.
+from zero is not a regret). Policies: `recommend`, whose cell rule (size × one feature measurement, four cells, a
+strategy each) is fitted here and scored leave-one-dataset-out (fitted without the dataset it is scored on); the
+hand-written rules recommend had before the benchmark, as they picked at run time; every fixed strategy (always
+linear, partial:1, partial, full, gradual, lp-ft); a size-only rule in the style of BiT's HyperRule; and the
+oracle. It writes `bench/results/recommend/table.json`, `decision_table.json` (the lesson's 2 × 2: size ×
+similarity to ImageNet, with the measured winners), `docs/recommend.md`, and the rule fitted on every task with its
+record, which ships with headstart: `src/headstart/analysis/track_record.json`.
 
 The strategy choice is what is benchmarked: every strategy gets the same epochs, image size and augmentation
 (recommend's own hyperparameters, e.g. more epochs for small data, are not used here).
@@ -35,7 +37,8 @@ from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
-from headstart.analysis.recommend import DIFFERENT, MEASURES, TRACK_RECORD, CellRule, decide, pick_label
+from headstart.analysis.recommend import (DIFFERENT, MEASURES, SMALL_PER_CLASS, TRACK_RECORD, CellRule, decide,
+                                          lesson_cell, pick_label)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "recommend"
@@ -43,7 +46,6 @@ DOCS = HERE.parent / "docs" / "recommend.md"
 SHARED = HERE.parent.parent / "shared" / "data"
 
 STRATEGIES = ("scratch", "linear", "partial:1", "partial", "full", "gradual", "lp-ft")
-SMALL_PER_CLASS = 50  # the lesson's "small dataset" side of the 2 × 2, in training images per class
 
 
 @dataclass(frozen=True)
@@ -258,21 +260,13 @@ def policy_table(records: list[dict]) -> dict[str, dict]:
     return table
 
 
-def similarity_side(m: dict) -> str:
-    """Similar or different to ImageNet, by the probe's high-level similarity: below recommend's DIFFERENT the
-    pretrained layers see clearly other content."""
-    high = m.get("high_level_similarity")
-    return "similar" if high is None or high >= DIFFERENT else "different"
-
-
 def decision_table(records: list[dict]) -> dict:
     """The lesson's 2 × 2 (size small/large × similar/different to ImageNet), each cell holding which strategies
     were best or tied with the best, how often, and the tasks it holds."""
     cells: dict[str, dict] = {}
     for r in records:
         m = r["recommend"]["measurements"]
-        size = "small" if m["images_per_class"] < SMALL_PER_CLASS else "large"
-        key = f"{size} data, {similarity_side(m)} to ImageNet"
+        key = lesson_cell(m["images_per_class"], m.get("high_level_similarity"))
         cell = cells.setdefault(key, {"tasks": [], "best": Counter(), "in_tied_set": Counter(), "margins": []})
         cell["tasks"].append(r["task"])
         cell["best"][r["best"]] += 1

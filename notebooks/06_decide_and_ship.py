@@ -36,73 +36,40 @@ import lessonkit as kit
 S = kit.setup()
 MODEL, WHY = kit.choose_backbone()
 print("model:", WHY)
-REPO = Path("..")
 
 # %% [markdown]
 # ## The table, measured
 #
-# A benchmark that fills every cell across several datasets and seeds writes
-# `bench/results/recommend/decision_table.json`. When that file exists this cell reads it; otherwise it falls
-# back to the comparisons committed with headstart (`docs/results/*/summary.json`: 3 seeds each) and to this
-# lesson's own blood-cell runs (notebook 5: one seed), and says so.
+# headstart ships the track record of a benchmark (`bench/recommend.py`, results in `docs/recommend.md`): many
+# real datasets at several training sizes, every strategy × 3 seeds, each scored on test images nothing was
+# selected on. Each task falls in one cell of the table (small = under 50 training images per class; different =
+# the probe's high-level BatchNorm similarity to ImageNet under 0.85). Per cell: how often each strategy was the
+# best, which strategy lost the least test accuracy to the best on average (its *regret*, 0 when the test images
+# cannot tell it from the best), and the regret of the rule of thumb's own advice.
 
 # %%
-TABLE = REPO / "bench/results/recommend/decision_table.json"
+from headstart.api import track_record
 
+RECORD = track_record()
+TEXTBOOK = {"small data, similar to ImageNet": "linear", "small data, different to ImageNet": "linear",
+            "large data, similar to ImageNet": "full", "large data, different to ImageNet": "full"}
+print(f"benchmark: {RECORD['tasks']} tasks from {len(RECORD['datasets'])} datasets "
+      f"({', '.join(RECORD['datasets'])}); {RECORD['settings']}")
+for cell, c in RECORD["decision_table"].items():
+    regrets = c["mean_regret"]
+    least = min(regrets, key=regrets.get)
+    best = ", ".join(f"{s} ×{n}" for s, n in c["best"].items())
+    advice = TEXTBOOK[cell]
+    print(f"\n{cell} ({len(c['tasks'])} tasks)\n  best: {best}\n  least mean regret: {least} "
+          f"({regrets[least]:.1f} points) · the rule of thumb's {advice}: {regrets[advice]:.1f} points")
 
-def committed_winner(name: str) -> tuple[str, str]:
-    """The winner of a comparison committed with headstart, or its tied set when the evidence cannot separate them."""
-    c = kit.committed_comparison(name)
-    best = c["winner"] or " ≈ ".join(c["tied"]) + " (tied)"
-    figures = ", ".join(f"{s} {c['strategies'][s]['test']:.3f}" for s in c["ranking"])
-    setup = c["setup"]
-    if setup.get("folds"):
-        scale = f"{setup['n_test']} images, each tested once out of fold ({setup['folds']}-fold CV, " \
-                f"{len(setup['seeds'])} seed)"
-    else:
-        scale = f"{setup['n_train']} train images, {len(setup['seeds'])} seeds"
-    return best, f"{name}: {scale}, {setup['image_size']} px (test: {figures})"
+# %% [markdown]
+# And the policies, by mean regret over every task. `recommend` is scored as a new user would meet it: for each
+# dataset, the rule it applies was fitted on the *other* datasets only (leave-one-dataset-out).
 
-
-def lesson_winner(prefix: str) -> tuple[str, str]:
-    """This lesson's own runs of one dataset: the best, or the best and every run the test images cannot tell
-    from it (paired bootstrap, kit.tells_apart)."""
-    runs = {s: json.loads((kit.RUNS / f"{prefix}-{s}" / "run.json").read_text())
-            for s in ("scratch", "linear", "partial") if (kit.RUNS / f"{prefix}-{s}" / "run.json").is_file()}
-    if not runs:
-        return "not run", "run notebook 5 first"
-    ranked = sorted(runs, key=lambda s: -runs[s]["test_accuracy"])
-    tied = [ranked[0]] + [s for s in ranked[1:] if not kit.tells_apart(f"{prefix}-{ranked[0]}", f"{prefix}-{s}")]
-    best = ranked[0] if len(tied) == 1 else " ≈ ".join(tied) + " (tied)"
-    figures = ", ".join(f"{s} {runs[s]['test_accuracy']:.3f}" for s in ranked)
-    return best, f"this lesson, {prefix} cells, {S.name} setting, 1 seed (test: {figures})"
-
-
-def benchmark_rows(table: dict) -> list[tuple[str, str, str, str]]:
-    """The benchmark's cells ("small data, different to ImageNet": tasks, how often each strategy was best)."""
-    rows = []
-    for cell, c in table.items():
-        size, domain = cell.split(" data, ")
-        best = ", ".join(f"{s} ×{n}" for s, n in c["best"].items())
-        rows.append((size, domain, best, f"{len(c['tasks'])} tasks; in the tied set: {c['in_tied_set']}"))
-    return rows
-
-
-if TABLE.is_file():
-    source = f"the benchmark's table ({TABLE.relative_to(REPO)})"
-    rows = benchmark_rows(json.loads(TABLE.read_text()))
-else:
-    source = "the committed comparisons and this lesson's runs (the benchmark's table does not exist yet)"
-    rows = [
-        ("small", "similar", *committed_winner("hymenoptera")),
-        ("small", "different", *lesson_winner("blood")),
-        ("small-medium", "similar content, tiny images", *committed_winner("cifar10-cat-dog-horse-500")),
-        ("large", "similar", "not measured here", "no large dataset on this machine"),
-        ("large", "different", "not measured here", "no large dataset on this machine"),
-    ]
-print("source:", source)
-for size, domain, winner, evidence in rows:
-    print(f"  {size:13s} {domain:29s} -> {winner:26s} {evidence}")
+# %%
+for name, row in sorted(RECORD["policies"].items(), key=lambda kv: kv[1]["mean_regret"]):
+    print(f"  {name:62s} mean regret {row['mean_regret']:5.2f} · worst {row['worst_regret']:5.1f}")
 
 # %% [markdown]
 # Where the measurements and the rules of thumb meet: on small, ImageNet-like data (ants vs bees) feature

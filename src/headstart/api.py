@@ -5,6 +5,7 @@
                after another, or as Ray tasks: executor=RayExecutor(...))
     evaluate / predict / export / inspect_model   what a finished run (or a backbone) is used for
     check_data / find_label_issues / probe / recommend   decide before training
+    track_record   the benchmark recommend's rule was fitted on: regrets per policy, the measured 2 x 2
 
 The CLI and the notebooks call these functions; none of them has a loop of its own.
 """
@@ -18,7 +19,8 @@ from headstart.analysis.check import CheckReport, check_splits, scan_data
 from headstart.analysis.labels import DEFAULT_FOLDS, LabelIssueReport, check_folds, with_label_issues
 from headstart.analysis.labels import find_label_issues as find_issues_in
 from headstart.analysis.probe import probe
-from headstart.analysis.recommend import Recommendation, measure_and_decide, verification_configs, verification_verdict
+from headstart.analysis.recommend import (Recommendation, measure_and_decide, track_record, verification_configs,
+                                          verification_verdict)
 from headstart.backbones import count_params, load_backbone
 from headstart.compare import compare
 from headstart.console import info, warn, warn_skipped
@@ -34,7 +36,7 @@ from headstart.strategies import describe_strategy
 from headstart.train import TrainConfig, resolve_strategy
 
 __all__ = ["RayExecutor", "SerialExecutor", "TrainConfig", "check_data", "compare", "evaluate", "export",
-           "find_label_issues", "inspect_model", "predict", "probe", "recommend", "train"]
+           "find_label_issues", "inspect_model", "predict", "probe", "recommend", "track_record", "train"]
 
 
 def check_data(data: str | Path, *, deep: bool = True, labels: bool = False, model: str = "efficientnet_lite0",
