@@ -25,7 +25,8 @@ def measured(n=120, acc=0.9, low=0.99, high=0.97, best="stage7", classes=2):
 
 # A rule as the benchmark fits one: size × probe accuracy, a pick and a record per cell.
 RECORD = {"tasks": ["a-10", "b-10"], "best_or_tied": {"partial:1": 2, "linear": 1},
-          "mean_regret": {"partial:1": 0.0, "linear": 3.5, "full": 6.0, "scratch": 30.0}}
+          "mean_regret": {"partial:1": 0.0, "linear": 3.5, "full": 6.0, "scratch": 30.0},
+          "ranking": ["partial:1", "linear", "full", "scratch"]}
 RULE = CellRule(40, "probe_accuracy", 0.8, {"small data, features fit": "partial:1", "small data, features poor": "gradual",
                                             "large data, features fit": "lp-ft", "large data, features poor": "full"},
                 {"small data, features fit": RECORD})

@@ -111,11 +111,14 @@ class CellRule:
     def pick(self, m: dict) -> str:
         return self.picks[self.cell(m)]
 
+    def ranking(self, cell: str) -> list[str]:
+        """The cell's strategies, least mean regret first (equal regrets: cheaper first), as the benchmark wrote it."""
+        return list(self.record.get(cell, {}).get("ranking", []))
+
     def runner_up(self, m: dict) -> str | None:
-        """The strategy with the next-least mean regret in the pick's cell, if the benchmark had tasks there."""
-        regrets = self.record.get(self.cell(m), {}).get("mean_regret", {})
-        ranked = sorted((r, s) for s, r in regrets.items() if s != self.pick(m) and s != "scratch")
-        return ranked[0][1] if ranked else None
+        """The strategy after the pick in its cell's ranking (never the scratch control), if the cell had tasks."""
+        others = [s for s in self.ranking(self.cell(m)) if s not in (self.pick(m), "scratch")]
+        return others[0] if others else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,9 +198,9 @@ def decide(m: dict, rule: CellRule | None = None) -> tuple[str, int | None, list
                        f"{rule.threshold:.2f}: this data falls in the cell '{rule.cell(m)}'")
     reasons.append(cell_track_record(rule, rule.cell(m), label))
     best, by_stage = m["best_stage"], m["probe_accuracy_by_stage"]
-    if best != last and strategy in ("partial", "gradual", "full", "lp-ft"):
-        reasons.append(f"features of {best} separate the classes better ({by_stage[best]:.0%}) than the last ones: "
-                       "the top layers are specialised to ImageNet, and this pick trains them")
+    if best != last and by_stage[best] - acc >= 0.02 and strategy != "linear":
+        reasons.append(f"features of {best} separate the classes better ({by_stage[best]:.0%}) than those of {last} "
+                       f"({acc:.0%}): the top layers are specialised to ImageNet, and this pick retrains them")
     return strategy, train_last, reasons
 
 
@@ -209,8 +212,8 @@ def cell_track_record(rule: CellRule, cell: str, label: str) -> str:
                 "its tasks")
     tasks, wins = record["tasks"], record["best_or_tied"].get(label, 0)
     regrets = record["mean_regret"]
-    others = sorted((r, s) for s, r in regrets.items() if s != label)
-    next_best = f"; the next best, {others[0][1]}, {others[0][0]:.1f}" if others else ""
+    others = [s for s in rule.ranking(cell) if s != label]
+    next_best = f"; the next, {others[0]}, {regrets[others[0]]:.1f}" if others else ""
     return (f"on the benchmark's {len(tasks)} task{'s' if len(tasks) != 1 else ''} in this cell, {label} was the best "
             f"or tied with it in {wins} (mean regret {regrets[label]:.1f} test-accuracy points{next_best})")
 
