@@ -116,9 +116,12 @@ def test_cli_recommend_json_and_verify(tmp_path):
     assert (rec["strategy"], rec["hyperparameters"]["train_last"]) == (strategy, train_last)
     v = rec["verify"]
     assert set(v["results"]) == {pick_label(strategy, train_last), rec["runner_up"]}
-    assert all(0 <= r["val_accuracy_best"] <= 1 and r["epochs"] == 1 for r in v["results"].values())
-    assert isinstance(v["held"], bool)
-    assert all((tmp_path / "runs" / label.replace(":", "-k") / "run.json").is_file() for label in v["results"])
+    assert all(0 <= r["test_low"] <= r["test"] <= r["test_high"] <= 1 for r in v["results"].values())
+    assert v["epochs"] == 1 and v["held"] == (pick_label(strategy, train_last) in v["tied"])
+    assert "test images nothing was selected on" in v["evidence"]  # compare's protocol, not best-epoch val
+    summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert summary["setup"]["n_test"] == 8  # the data ships no test/: its val/ (4 per class) is the test set
+    assert (tmp_path / "runs" / "report.html").is_file()
 
 
 def test_without_batchnorm_the_reasons_say_similarity_was_not_measured_instead_of_quoting_a_figure():

@@ -19,8 +19,8 @@ from headstart.analysis.check import CheckReport, check_splits, scan_data
 from headstart.analysis.labels import DEFAULT_FOLDS, LabelIssueReport, check_folds, with_label_issues
 from headstart.analysis.labels import find_label_issues as find_issues_in
 from headstart.analysis.probe import probe
-from headstart.analysis.recommend import (Recommendation, measure_and_decide, track_record, verification_configs,
-                                          verification_verdict)
+from headstart.analysis.recommend import (Recommendation, measure_and_decide, track_record, verification_labels,
+                                          verification_splits, verification_verdict)
 from headstart.backbones import count_params, load_backbone
 from headstart.compare import compare
 from headstart.console import info, warn, warn_skipped
@@ -182,15 +182,18 @@ def inspect_model(name: str, strategy: str = "linear", num_classes: int | None =
 def recommend(data, *, model: str = "efficientnet_lite0", per_class: int | None = None, classes=None,
               val_fraction: float = 0.2, seed: int = 0, image_size: int | None = None, verify: bool = False,
               verify_epochs: int = 4, out: str | Path | None = None, cache_dir=None) -> Recommendation:
-    """A strategy for `data` from measurements (analysis.recommend), with reasons; `verify` also trains the
-    pick and the runner-up for `verify_epochs` on the same split and seed, and says whether the pick held."""
+    """A strategy for `data` from measurements (analysis.recommend), with reasons. `verify` also runs `compare` on
+    the pick and the runner-up (`verify_epochs`, one seed, the same augmentation for both) and says, by compare's
+    verdict on test images, whether the pick held (test: the data's test images, else its shipped val/, else 20%
+    held out: `verification_splits`)."""
     rec, splits = measure_and_decide(data, model=model, per_class=per_class, classes=classes, val_fraction=val_fraction,
                                      seed=seed, image_size=image_size, cache_dir=cache_dir)
     if verify:
-        out = Path(out or "runs/recommend-verify")
-        runs = {}
-        for label, cfg in verification_configs(rec, seed=seed, epochs=verify_epochs, cache_dir=cache_dir).items():
-            folder = out / label.replace(":", "-k")  # no colons in file names, as compare's run folders
-            runs[label] = {**train(splits, cfg, folder, command="recommend --verify"), "run_dir": str(folder)}
-        rec.verify = verification_verdict(rec, runs, verify_epochs)
+        judged = verification_splits(data, splits, val_fraction=val_fraction, seed=seed, classes=classes,
+                                     per_class=per_class)
+        base = TrainConfig(model=model, epochs=verify_epochs, image_size=rec.hyperparameters["image_size"],
+                           patience=None, cache_dir=cache_dir)
+        summary = compare(judged, verification_labels(rec), [seed], Path(out or "runs/recommend-verify"), base,
+                          command="recommend --verify")
+        rec.verify = verification_verdict(rec, summary)
     return rec

@@ -579,7 +579,7 @@ def recommend(
     image_size: int = MEASURE_SIZE_OPTION,
     val_fraction: float = typer.Option(0.2),
     seed: int = typer.Option(0),
-    verify: bool = typer.Option(False, "--verify", help="Train the pick and the runner-up briefly; say whether the pick held."),
+    verify: bool = typer.Option(False, "--verify", help="Compare the pick with the runner-up (a short compare, test figures); say whether the pick held."),
     verify_epochs: int = typer.Option(4, help="Epochs per strategy for --verify."),
     out: Path = typer.Option(None, help="Run directories of --verify (default runs/recommend-verify)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -602,12 +602,11 @@ def recommend(
     console.print(f"run it: {rec.command}")
     if rec.verify:
         v = rec.verify
-        for name, r in v["results"].items():
-            console.print(f"  verify {name}: best val accuracy {r['val_accuracy_best']:.3f} in {r['epochs']} epochs "
-                          f"({r['train_seconds']:.0f}s)")
-        console.print(("[green]the pick held[/]" if v["held"] else "[yellow]the pick did not hold[/]")
-                      + f": best was {v['best']} (pick {v['gap'] * 100:.1f} points behind)" if v["gap"] > 0 else
-                      "[green]the pick held[/]: it was the best of the two")
+        metric = v["metric"].replace("_", " ")
+        for label, r in v["results"].items():
+            console.print(f"  verify {label}: test {metric} {r['test']:.3f} ({r['test_low']:.3f}-{r['test_high']:.3f}) "
+                          f"after {v['epochs']} epochs, best epoch chosen on val ({r['train_seconds']:.0f}s)")
+        console.print(("[green]the pick held[/]: " if v["held"] else "[yellow]the pick did not hold[/]: ") + v["sentence"])
 
 
 @app.command("models")

@@ -13,7 +13,8 @@ and the pick is not a hand-written rule but a `CellRule` fitted on a benchmark o
 that lost the least test accuracy to the best one over the benchmark's tasks in that cell. The fitted rule and its
 track record ship as `track_record.json` beside this file; every reason quotes the measurement it used and the
 cell's record. `api.recommend(..., verify=True)` trains the pick and the runner-up for a few epochs on the same
-split and seed (`verification_configs`), and says whether the pick held.
+split and seed under compare's protocol (best epoch chosen on val, figures on test images: `verification_splits`),
+and says whether the pick held: best, or tied with the best.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 from headstart.analysis.check import CheckReport, check_splits
 from headstart.analysis.probe import ProbeReport, domain_similarity, probe
 from headstart.backbones import load_backbone
-from headstart.data import DataSplits, load_data
+from headstart.data import DataSplits, find_images, load_data
+from headstart.errors import HeadstartError
 from headstart.strategies import get_strategy, group_learning_rates
 from headstart.train import TrainConfig
 
@@ -288,26 +290,40 @@ def pick_label(strategy: str, train_last: int | None) -> str:
     return f"partial:{train_last}" if strategy == "partial" and train_last not in (None, 2) else strategy
 
 
-def verification_configs(rec: Recommendation, *, seed: int = 0, epochs: int = 4, cache_dir=None) -> dict[str, TrainConfig]:
-    """The pick and the runner-up (keyed by compare label) as short training runs on the same split and seed
-    (`api.recommend` trains them)."""
-    m, model = rec.measurements, rec.hyperparameters["model"]
-    pick = pick_label(rec.strategy, rec.hyperparameters["train_last"])
-    configs = {}
-    for label in (pick, rec.runner_up):
-        strategy, train_last = split_label(label)
-        hp = rec.hyperparameters if label == pick else hyperparameters(strategy, train_last, m, model)
-        configs[label] = TrainConfig(model=hp["model"], strategy=strategy, train_last=train_last, lr_decay=hp["lr_decay"],
-                                     epochs=min(epochs, hp["epochs"]), image_size=hp["image_size"],
-                                     augment=hp["augment"], seed=seed, cache_dir=cache_dir)
-    return configs
+VERIFY_TEST_FRACTION = 0.2  # of train, held out as test by --verify when the data has no test images
 
 
-def verification_verdict(rec: Recommendation, runs: dict[str, dict], epochs: int) -> dict:
-    """The pick holds if it is within 2 accuracy points of the better of the two verification runs."""
-    results = {name: {"val_accuracy_best": run["val_accuracy_best"], "epochs": run["epochs"],
-                      "train_seconds": run["train_seconds"], "run_dir": run["run_dir"]} for name, run in runs.items()}
-    best = max(results, key=lambda k: results[k]["val_accuracy_best"])
+def verification_labels(rec: Recommendation) -> list[str]:
+    """What --verify compares: the pick and the runner-up, as compare labels."""
+    return [pick_label(rec.strategy, rec.hyperparameters["train_last"]), rec.runner_up]
+
+
+def verification_splits(data, splits: DataSplits, *, val_fraction: float, seed: int, classes=None,
+                        per_class: int | None = None) -> DataSplits:
+    """The split --verify judges on, under compare's protocol: the data's own test images; else its shipped val
+    images (val is then carved from train); else a share of the images held out. The probe may have seen some of
+    them while measuring, but no strategy trains or selects on them."""
+    if splits.test is not None:
+        return splits
+    if isinstance(data, DataSplits):
+        raise HeadstartError("--verify reports test figures and these splits have no test role: give DataSplits "
+                             "with test images, or the data's folder")
+    shipped = find_images(data).sets  # a shipped val/ becomes test (as compare --val-as-test); unsplit: a held-out share
+    return load_data(data, val_fraction=val_fraction, seed=seed, classes=classes, per_class=per_class,
+                     val_as_test="val" in shipped, test_fraction=0.0 if "val" in shipped else VERIFY_TEST_FRACTION)
+
+
+def verification_verdict(rec: Recommendation, summary: dict) -> dict:
+    """Whether the pick held, by compare's own verdict: it held if it is the best on the test images or tied with
+    the best (the test images cannot tell them apart). Figures are test figures of the best epoch chosen on val."""
     pick = pick_label(rec.strategy, rec.hyperparameters["train_last"])
-    gap = results[best]["val_accuracy_best"] - results[pick]["val_accuracy_best"]
-    return {"results": results, "best": best, "held": gap <= 0.02, "gap": gap, "epochs": epochs}
+    rows = summary["strategies"]
+    results = {label: {"test": row["test"]["estimate"], "test_low": row["test"]["low"], "test_high": row["test"]["high"],
+                       "val_accuracy_best": row["val_accuracy_best_mean"],
+                       "train_seconds": sum(r["wall_seconds"] for r in row["runs"]),
+                       "run_dir": row["runs"][0]["run_dir"]} for label, row in rows.items()}
+    best = summary["best"]
+    return {"results": results, "best": best, "tied": summary["tied"],
+            "held": pick == best or pick in summary["tied"], "gap": results[best]["test"] - results[pick]["test"],
+            "metric": summary["metric"], "epochs": summary["setup"]["epochs"], "sentence": summary["sentence"],
+            "evidence": summary["setup"]["evidence"]}
