@@ -593,7 +593,8 @@ def recommend(
         print_json(rec.to_dict())
         return
     hp = rec.hyperparameters
-    extra = f" (last {hp['train_last']} stage groups)" if hp["train_last"] else ""
+    k = hp["train_last"]
+    extra = f" (the last {k} stage group{'s' if k != 1 else ''})" if k else ""
     console.print(f"[bold]recommended: {rec.strategy}{extra}[/]  (runner-up: {rec.runner_up})")
     for r in rec.reasons:
         console.print(f"  - {r}")
