@@ -128,11 +128,17 @@ def run_task(task: Task, *, size: int, epochs: int, seeds: list[int], work: Path
         "recommend": {"strategy": rec.strategy, "train_last": rec.hyperparameters.get("train_last"),
                       "label": pick_label(rec.strategy, rec.hyperparameters.get("train_last")),
                       "reasons": rec.reasons, "measurements": plain_measurements(rec.measurements)},
+        "seconds_by_strategy": seconds_by_strategy(summary),
         "seconds": {"recommend": recommend_seconds,
                     "compare_runs": sum(r["wall_seconds"] for s in STRATEGIES for r in rows[s]["runs"]),
                     "compare_wall_this_call": compare_wall},
         "environment": summary["setup"]["environment"],
     }
+
+
+def seconds_by_strategy(summary: dict) -> dict[str, float]:
+    """Mean training seconds of one run of each strategy (a compare summary's own wall_seconds)."""
+    return {s: statistics.fmean(r["wall_seconds"] for r in row["runs"]) for s, row in summary["strategies"].items()}
 
 
 def plain_measurements(m: dict) -> dict:
@@ -261,10 +267,14 @@ def policy_table(records: list[dict]) -> dict[str, dict]:
         picks[name] = {r["task"]: policy(r["recommend"]["measurements"]) for r in records}
     picks["oracle"] = {r["task"]: r["best"] for r in records}
     table = {}
+    timed = [r for r in records if r.get("seconds_by_strategy")]
     for name, chosen in picks.items():
         regrets = {r["task"]: regret(r, chosen[r["task"]]) for r in records}
         table[name] = {"picks": chosen, "regret": regrets, "mean_regret": statistics.fmean(regrets.values()),
-                       "worst_regret": max(regrets.values())}
+                       "worst_regret": max(regrets.values()),
+                       "relative_seconds": statistics.fmean(
+                           r["seconds_by_strategy"][chosen[r["task"]]] / r["seconds_by_strategy"]["gradual"]
+                           for r in timed) if timed else None}
     return table
 
 
@@ -323,12 +333,17 @@ def markdown(records: list[dict], table: dict[str, dict], cells: dict, rule: Cel
         f"**{fixed}** (mean regret {table[fixed]['mean_regret']:.2f})"
         + (f"; recommend's is **{table[RECOMMEND]['mean_regret']:.2f}**." if RECOMMEND in table else "."),
         "",
-        "| policy | mean regret | worst regret | tasks with regret 0 |",
-        "|---|---|---|---|",
+        f"Training time: the pick's mean seconds per run relative to `gradual`'s on the same task, over the "
+        f"{sum(bool(r.get('seconds_by_strategy')) for r in records)} tasks whose per-strategy seconds were recorded.",
+        "",
+        "| policy | mean regret | worst regret | tasks with regret 0 | training time vs always gradual |",
+        "|---|---|---|---|---|",
     ]
-    for name, row in sorted(table.items(), key=lambda kv: kv[1]["mean_regret"]):
+    for name, row in sorted(table.items(), key=lambda kv: (kv[1]["mean_regret"], kv[1]["relative_seconds"] or 0)):
         zero = sum(v == 0 for v in row["regret"].values())
-        lines.append(f"| {name} | {row['mean_regret']:.2f} | {row['worst_regret']:.1f} | {zero}/{len(records)} |")
+        cost = "—" if row["relative_seconds"] is None else f"{row['relative_seconds']:.2f}×"
+        lines.append(f"| {name} | {row['mean_regret']:.2f} | {row['worst_regret']:.1f} | {zero}/{len(records)} | "
+                     f"{cost} |")
     lines += ["", "## The rule that ships", "",
               f"Fitted on all {len(records)} tasks (`src/headstart/analysis/track_record.json`; the in-sample regret of "
               f"a fitted rule is not evidence, the leave-one-dataset-out row above is): {describe(rule)}.", "",
@@ -390,7 +405,8 @@ def table() -> None:
     rule = fit_cell_rule(records)
     (RESULTS / "table.json").write_text(json.dumps(scores, indent=1))
     (RESULTS / "decision_table.json").write_text(json.dumps(cells, indent=1))
-    summary = {name: {"mean_regret": round(row["mean_regret"], 2), "worst_regret": round(row["worst_regret"], 2)}
+    summary = {name: {"mean_regret": round(row["mean_regret"], 2), "worst_regret": round(row["worst_regret"], 2),
+                      "relative_seconds": row["relative_seconds"] and round(row["relative_seconds"], 2)}
                for name, row in scores.items()}
     TRACK_RECORD.write_text(json.dumps({
         "generated_by": "bench/recommend.py table", "tasks": len(records),
