@@ -413,7 +413,8 @@ def table() -> None:
         "datasets": sorted({r["dataset"] for r in records}),
         "settings": {k: records[0][k] for k in ("seeds", "epochs", "image_size")},
         "rule": rule.to_dict(), "policies": summary, "recommend_policy": RECOMMEND,
-        "small_per_class": SMALL_PER_CLASS, "different_below": DIFFERENT, "decision_table": cells}, indent=1) + "\n")
+        "small_per_class": SMALL_PER_CLASS, "different_below": DIFFERENT, "decision_table": cells,
+        "textbook": TEXTBOOK}, indent=1) + "\n")
     DOCS.write_text(markdown(records, scores, cells, rule))
     for name, row in sorted(scores.items(), key=lambda kv: kv[1]["mean_regret"]):
         print(f"{name:58s} mean regret {row['mean_regret']:5.2f}  worst {row['worst_regret']:5.1f}")

@@ -51,8 +51,7 @@ print("model:", WHY)
 from headstart.api import track_record
 
 RECORD = track_record()
-TEXTBOOK = {"small data, similar to ImageNet": "linear", "small data, different to ImageNet": "linear",
-            "large data, similar to ImageNet": "full", "large data, different to ImageNet": "full"}
+TEXTBOOK = RECORD["textbook"]  # the rule of thumb's advice per cell, as the benchmark checked it
 print(f"benchmark: {RECORD['tasks']} tasks from {len(RECORD['datasets'])} datasets "
       f"({', '.join(RECORD['datasets'])}); {RECORD['settings']}")
 for cell, c in RECORD["decision_table"].items():
@@ -69,7 +68,8 @@ for cell, c in RECORD["decision_table"].items():
 
 # %%
 for name, row in sorted(RECORD["policies"].items(), key=lambda kv: kv[1]["mean_regret"]):
-    print(f"  {name:62s} mean regret {row['mean_regret']:5.2f} · worst {row['worst_regret']:5.1f}")
+    time = f" · training time {row['relative_seconds']:.2f}× always-gradual's" if row["relative_seconds"] else ""
+    print(f"  {name:60s} mean regret {row['mean_regret']:5.2f} · worst {row['worst_regret']:5.1f}{time}")
 
 # %% [markdown]
 # Where the measurements and the rules of thumb meet: on small, ImageNet-like data (ants vs bees) feature
