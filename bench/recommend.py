@@ -344,7 +344,7 @@ def markdown(records: list[dict], table: dict[str, dict], cells: dict, rule: Cel
         cost = "—" if row["relative_seconds"] is None else f"{row['relative_seconds']:.2f}×"
         lines.append(f"| {name} | {row['mean_regret']:.2f} | {row['worst_regret']:.1f} | {zero}/{len(records)} | "
                      f"{cost} |")
-    lines += ["", "## The rule that ships", "",
+    lines += ["", *verdict(records, table, fixed), "", "## The rule that ships", "",
               f"Fitted on all {len(records)} tasks (`src/headstart/analysis/track_record.json`; the in-sample regret of "
               f"a fitted rule is not evidence, the leave-one-dataset-out row above is): {describe(rule)}.", "",
               "| cell | pick | tasks | best or tied with the best (of the cell's tasks) | mean regret per strategy |",
@@ -388,6 +388,32 @@ def markdown(records: list[dict], table: dict[str, dict], cells: dict, rule: Cel
         lines.append(f"| {key} | {len(c['tasks'])} | {best} | {tied} | {least} ({c['mean_regret'][least]:.1f}) | "
                      f"{advice} | {c['mean_regret'][advice]:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def verdict(records: list[dict], table: dict[str, dict], fixed: str) -> list[str]:
+    """What the policy table says about recommend, in words, from its figures: which policies it beats, which it
+    does not, what it saves, and where it lost most."""
+    if RECOMMEND not in table:
+        return []
+    ours = table[RECOMMEND]
+    beaten = [n for n in table if n in FIXED_POLICIES and table[n]["mean_regret"] > ours["mean_regret"]]
+    unbeaten = [n for n in table if n in FIXED_POLICIES and n not in beaten]
+    worst = max(ours["regret"], key=ours["regret"].get)
+    said = [f"recommend's leave-one-dataset-out mean regret ({ours['mean_regret']:.2f}) is lower than that of "
+            f"{len(beaten)} of the {len(FIXED_POLICIES)} fixed policies"
+            + (f" ({', '.join(beaten)})" if beaten else "") + "."]
+    for name in unbeaten:
+        row = table[name]
+        tied = sum(v == 0 for v in row["regret"].values())
+        time = (f" It trains in {ours['relative_seconds'] / row['relative_seconds']:.2f}× the time of {name}"
+                if ours["relative_seconds"] and row["relative_seconds"] else "")
+        said.append(f"It does not beat **{name}** ({row['mean_regret']:.2f}; best or tied with the best on {tied} of "
+                    f"{len(records)} tasks), so on accuracy alone, at these settings, {name} is the advice.{time}: "
+                    "what recommend offers over it is training time, not accuracy.")
+    if ours["regret"][worst] > 0:
+        said.append(f"Its largest loss: {worst}, {ours['regret'][worst]:.1f} points (picked "
+                    f"{ours['picks'][worst]} with the rule fitted without {worst.rsplit('-', 1)[0]}).")
+    return [" ".join(said)]
 
 
 def threads(records: list[dict]) -> str:

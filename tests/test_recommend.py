@@ -71,6 +71,24 @@ def test_the_shipped_rule_and_its_record_agree_with_the_benchmarks_docs():
     assert f"| {record['recommend_policy']} | {ours['mean_regret']:.2f} | {ours['worst_regret']:.1f} |" in docs
 
 
+def test_with_the_shipped_rule_the_reasons_name_the_fixed_policy_that_lost_less_if_there_is_one():
+    record = track_record()
+    ours = record["policies"][record["recommend_policy"]]
+    fixed = {name.removeprefix("always "): p for name, p in record["policies"].items() if name.startswith("always ")}
+    best = min(fixed, key=lambda s: (fixed[s]["mean_regret"], fixed[s]["relative_seconds"]))
+    said = []
+    for m in (measured(n=10, acc=0.9), measured(n=10, acc=0.5), measured(n=300, acc=0.9), measured(n=300, acc=0.6)):
+        strategy, train_last, reasons = decide(m)
+        alternative = [r for r in reasons if "if training time does not matter" in r]
+        expected = fixed[best]["mean_regret"] < ours["mean_regret"] and pick_label(strategy, train_last) != best
+        assert len(alternative) == expected
+        if expected:
+            assert f"lost {ours['mean_regret']:.2f}" in alternative[0] and alternative[0].endswith(f"train {best}")
+        said += alternative
+    assert said or fixed[best]["mean_regret"] >= ours["mean_regret"] or set(shipped_rule().picks.values()) == {best}
+    assert not any("if training time" in r for r in decide(measured(n=10, acc=0.9), RULE)[2])  # not for a rule under test
+
+
 def test_hyperparameters_follow_the_pick():
     hp = hyperparameters("linear", None, measured(), "efficientnet_lite0")
     assert hp["augment"] == "none" and list(hp["group_lrs"]) == ["head"]

@@ -77,3 +77,17 @@ def test_the_decision_table_puts_each_task_in_its_cell_of_the_two_by_two():
     cells = bench.decision_table(records)
     assert cells["small data, similar to ImageNet"]["best"] == {"linear": 1}
     assert cells["large data, different to ImageNet"]["in_tied_set"] == {"full": 1, "lp-ft": 1}
+
+
+def test_the_docs_say_in_words_which_fixed_policy_recommend_does_not_beat():
+    # gradual is best everywhere; the rule fitted without "odd" sends odd's large task to linear and loses there
+    records = [record(d, n, 0.9, {"gradual": 0.9, "linear": 0.9 if n < 50 else 0.8}, [])
+               for d in ("a", "b", "c") for n in (10, 300)]
+    records.append(record("odd", 20, 0.9, {"gradual": 0.9, "linear": 0.7}, []))
+    table = bench.policy_table(records)
+    for row in table.values():
+        row["relative_seconds"] = None
+    words = " ".join(bench.verdict(records, table, "always gradual"))
+    assert "does not beat **always gradual** (0.00; best or tied with the best on 7 of 7 tasks)" in words
+    assert "Its largest loss: odd-20, 20.0 points (picked linear with the rule fitted without odd)" in words
+    assert "always linear" in words.split("It does not beat")[0]  # beaten: listed before the caveat
