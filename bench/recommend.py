@@ -292,11 +292,15 @@ def decision_table(records: list[dict]) -> dict:
         if r["winner"]:
             second = max((s for s in STRATEGIES if s != r["best"]), key=lambda s: r["test"][s])
             cell["margins"].append(100 * (r["test"][r["best"]] - r["test"][second]))
-    return {key: {"tasks": c["tasks"], "best": dict(c["best"].most_common()),
-                  "in_tied_set": dict(c["in_tied_set"].most_common()),
-                  "winner_margins_points": [round(x, 1) for x in c["margins"]],
-                  "mean_regret": cell_record([r for r in records if r["task"] in c["tasks"]])["mean_regret"]}
-            for key, c in sorted(cells.items())}
+    table = {}
+    for key, c in sorted(cells.items()):
+        regrets = cell_record([r for r in records if r["task"] in c["tasks"]])["mean_regret"]
+        table[key] = {"tasks": c["tasks"], "best": dict(c["best"].most_common()),
+                      "in_tied_set": dict(c["in_tied_set"].most_common()),
+                      "winner_margins_points": [round(x, 1) for x in c["margins"]], "mean_regret": regrets,
+                      "least_regret": sorted((s for s in regrets if regrets[s] == min(regrets.values())),
+                                             key=COST_ORDER.index)}  # every strategy at the least, cheapest first
+    return table
 
 
 def describe(rule: CellRule) -> str:
@@ -383,9 +387,10 @@ def markdown(records: list[dict], table: dict[str, dict], cells: dict, rule: Cel
     for key, c in cells.items():
         best = ", ".join(f"{s} {n}" for s, n in c["best"].items())
         tied = ", ".join(f"{s} {n}" for s, n in c["in_tied_set"].items())
-        least = min(c["mean_regret"], key=lambda s: c["mean_regret"][s])
+        least = c["least_regret"]
         advice = TEXTBOOK[key]
-        lines.append(f"| {key} | {len(c['tasks'])} | {best} | {tied} | {least} ({c['mean_regret'][least]:.1f}) | "
+        lines.append(f"| {key} | {len(c['tasks'])} | {best} | {tied} | {', '.join(least)} "
+                     f"({c['mean_regret'][least[0]]:.1f}) | "
                      f"{advice} | {c['mean_regret'][advice]:.1f} |")
     return "\n".join(lines) + "\n"
 

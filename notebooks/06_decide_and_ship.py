@@ -55,12 +55,11 @@ TEXTBOOK = RECORD["textbook"]  # the rule of thumb's advice per cell, as the ben
 print(f"benchmark: {RECORD['tasks']} tasks from {len(RECORD['datasets'])} datasets "
       f"({', '.join(RECORD['datasets'])}); {RECORD['settings']}")
 for cell, c in RECORD["decision_table"].items():
-    regrets = c["mean_regret"]
-    least = min(regrets, key=regrets.get)
+    regrets, least = c["mean_regret"], c["least_regret"]  # every strategy at the least regret, cheapest first
     best = ", ".join(f"{s} ×{n}" for s, n in c["best"].items())
     advice = TEXTBOOK[cell]
-    print(f"\n{cell} ({len(c['tasks'])} tasks)\n  best: {best}\n  least mean regret: {least} "
-          f"({regrets[least]:.1f} points) · the rule of thumb's {advice}: {regrets[advice]:.1f} points")
+    print(f"\n{cell} ({len(c['tasks'])} tasks)\n  best: {best}\n  least mean regret ({regrets[least[0]]:.1f} points): "
+          f"{', '.join(least)}\n  the rule of thumb's {advice}: {regrets[advice]:.1f} points")
 
 # %% [markdown]
 # And the policies, by mean regret over every task. `recommend` is scored as a new user would meet it: for each

@@ -121,8 +121,10 @@ def test_the_reports_place_the_data_in_the_lessons_decision_table(finished):
     section = html.split('id="decision"')[1]
     assert section.count('class="here"') == 1 and "this comparison" in section
     measured = track_record()["decision_table"]
-    for key, cell in measured.items():  # every measured cell's winners are shown
+    for key, cell in measured.items():  # every measured cell's winners are shown, and every strategy tied at least
         assert next(iter(cell["best"])) in section
+        assert f"least mean regret ({cell['mean_regret'][cell['least_regret'][0]]:.1f} pts): " \
+               f"{', '.join(cell['least_regret'])}" in section
     md = (out / "report.md").read_text()
     assert "**this data**" in md and placed["cell"] in md
 

@@ -77,6 +77,7 @@ def test_the_decision_table_puts_each_task_in_its_cell_of_the_two_by_two():
     cells = bench.decision_table(records)
     assert cells["small data, similar to ImageNet"]["best"] == {"linear": 1}
     assert cells["large data, different to ImageNet"]["in_tied_set"] == {"full": 1, "lp-ft": 1}
+    assert cells["large data, different to ImageNet"]["least_regret"] == ["lp-ft", "full"]  # a tie, cheapest first
 
 
 def test_the_docs_say_in_words_which_fixed_policy_recommend_does_not_beat():

@@ -220,12 +220,11 @@ def cell_text(measured: dict | None) -> str:
     """What the benchmark found in one cell, in a line."""
     if not measured:
         return "no benchmark task fell here"
-    regrets = measured["mean_regret"]
-    least = min(regrets, key=lambda s: (regrets[s], s))
+    least = measured["least_regret"]  # all strategies at the least, cheapest first: a tie is not hidden
     best = ", ".join(f"{s} ×{n}" for s, n in measured["best"].items())
     n = len(measured["tasks"])
-    return (f"best: {best} (of {n} task{'s' if n != 1 else ''}); least mean regret: {least} "
-            f"({regrets[least]:.1f} pts)")
+    return (f"best: {best} (of {n} task{'s' if n != 1 else ''}); least mean regret "
+            f"({measured['mean_regret'][least[0]]:.1f} pts): {', '.join(least)}")
 
 
 def placement_text(summary: dict) -> str | None:
