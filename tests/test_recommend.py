@@ -55,6 +55,14 @@ def test_the_reasons_quote_the_cells_track_record_on_the_benchmark():
     assert any("no task in this cell" in r for r in reasons)  # no record is claimed where there is none
 
 
+def test_imbalanced_classes_are_named_with_the_ratio_and_what_training_does_about_them():
+    balanced = decide(measured(n=10, acc=0.9), RULE)[2]
+    assert not any("imbalanced" in r for r in balanced)
+    skewed = measured(n=10, acc=0.9) | {"imbalance_ratio": 4.0, "smallest_class": 3}
+    said = [r for r in decide(skewed, RULE)[2] if "imbalanced" in r]
+    assert len(said) == 1 and "4.0×" in said[0] and "which has 3" in said[0] and "balanced accuracy" in said[0]
+
+
 def test_the_runner_up_is_the_cells_second_best():
     assert runner_up(RULE, measured(n=10, acc=0.9), "partial") == "linear"
     assert runner_up(RULE, measured(n=100, acc=0.6), "full") == "lp-ft"  # no record: the pick's usual rival

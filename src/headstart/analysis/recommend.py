@@ -30,6 +30,7 @@ from headstart.analysis.probe import ProbeReport, domain_similarity, probe
 from headstart.backbones import load_backbone
 from headstart.data import DataSplits, find_images, load_data
 from headstart.errors import HeadstartError
+from headstart.stats import IMBALANCE_RATIO
 from headstart.strategies import get_strategy, group_learning_rates
 from headstart.train import TrainConfig
 
@@ -200,6 +201,8 @@ def decide(m: dict, rule: CellRule | None = None) -> tuple[str, int | None, list
         reasons.append(f"{name} {value:.2f} is {'below' if low_side else 'at or above'} the benchmark's cut at "
                        f"{rule.threshold:.2f}: this data falls in the cell '{rule.cell(m)}'")
     reasons.append(cell_track_record(rule, rule.cell(m), label))
+    if (imbalance := imbalance_reason(m)):
+        reasons.append(imbalance)
     best, by_stage = m["best_stage"], m["probe_accuracy_by_stage"]
     if best != last and by_stage[best] - acc >= 0.02 and strategy != "linear":
         reasons.append(f"features of {best} separate the classes better ({by_stage[best]:.0%}) than those of {last} "
@@ -207,6 +210,18 @@ def decide(m: dict, rule: CellRule | None = None) -> tuple[str, int | None, list
     if shipped and (alternative := accuracy_first_alternative(label)):
         reasons.append(alternative)
     return strategy, train_last, reasons
+
+
+def imbalance_reason(m: dict) -> str | None:
+    """One sentence when the training classes are imbalanced (stats' one rule): which class size the size cut
+    read, and what training and the figures do about it (the benchmark scored such tasks the same way)."""
+    ratio, smallest = m.get("imbalance_ratio"), m.get("smallest_class")
+    if not ratio or ratio <= IMBALANCE_RATIO:
+        return None
+    return (f"the classes are imbalanced (the largest has {ratio:.1f}× the images of the smallest, which has "
+            f"{smallest:.0f}): the size cut read the median class; training draws class-balanced batches "
+            "(--balance auto; a class-weighted loss on several devices), chooses the epoch on val balanced accuracy, "
+            "and compare reports balanced accuracy")
 
 
 def accuracy_first_alternative(label: str) -> str | None:
