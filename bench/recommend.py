@@ -379,7 +379,7 @@ def markdown(records: list[dict], table: dict[str, dict], cells: dict, rule: Cel
               f"same task (worst {100 * max(ratio):.1f}%). The whole benchmark: "
               f"{sum(r['seconds']['compare_runs'] for r in records) / 3600:.1f} h of compare's training seconds and "
               f"{sum(r['seconds']['recommend'] for r in records) / 60:.1f} min of recommend (cold), summed over the "
-              "tasks (training seconds only, not decoding or test figures; two tasks ran side by side, one per core).", "",
+              "tasks (training seconds only, not decoding or test figures; the one-thread tasks ran two side by side).", "",
               "## The decision table, measured", "",
               f"The lesson's 2 × 2: small = under {SMALL_PER_CLASS} training images per class; similar or different "
               f"by the probe's high-level similarity to ImageNet's BatchNorm statistics (different: under {DIFFERENT}). "
