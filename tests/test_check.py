@@ -256,3 +256,13 @@ def test_cli_check_shows_the_imbalance_in_text_and_json(tmp_path):
     assert report["imbalance"]["ratio"] == 2.0
     assert report["imbalance"]["counts"] == {"ants": 20, "bees": 10}
     assert (report["imbalance"]["largest"], report["imbalance"]["smallest"]) == ("ants", "bees")
+
+
+def test_cli_check_looks_at_the_same_selection_as_train_per_class_and_classes(tmp_path):
+    from headstart.cli import app
+
+    root = make_counts(tmp_path, {"ants": 20, "bees": 10})
+    report = json.loads(CliRunner().invoke(app, ["check", str(root), "--json", "--per-class", "10"]).stdout)
+    assert report["imbalance"] is None and report["counts"]["train"] == {"ants": 10, "bees": 10}
+    only = json.loads(CliRunner().invoke(app, ["check", str(root), "--json", "--classes", "bees"]).stdout)
+    assert list(only["counts"]["train"]) == ["bees"]

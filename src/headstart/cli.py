@@ -440,6 +440,8 @@ def check(
     weights: Path = typer.Option(None, help="--labels: state dict file instead of the default weights."),
     out: Path = typer.Option(None, help="Write check.json here (and with --labels label-issues.png, the suspects "
                                         "as an image grid)."),
+    per_class: int = PER_CLASS_OPTION,
+    classes: str = CLASSES_OPTION,
     val_fraction: float = typer.Option(0.2, help="Held-out share when DATA has no val/ split."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
@@ -450,11 +452,13 @@ def check(
         from headstart.api import check_data
 
         report = check_data(data, deep=not fast, labels=labels, model=model, folds=folds, image_size=image_size,
-                            weights=str(weights) if weights else None, val_fraction=val_fraction, seed=seed, out=out)
+                            weights=str(weights) if weights else None, val_fraction=val_fraction, seed=seed,
+                            classes=split_list(classes), per_class=per_class, out=out)
     else:  # the plain check needs no torch: importing the API (torch, timm) would add seconds to its start
         from headstart.analysis.check import check_data as check_only
 
-        report = check_only(data, deep=not fast, val_fraction=val_fraction, seed=seed)
+        report = check_only(data, deep=not fast, val_fraction=val_fraction, seed=seed, classes=split_list(classes),
+                            per_class=per_class)
     if as_json:
         print_json(report.to_dict())
     else:
