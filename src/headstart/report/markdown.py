@@ -235,9 +235,10 @@ def placement_text(summary: dict) -> str | None:
     record = track_record()
     high = placed["high_level_similarity"]
     similarity = ("similarity to ImageNet not measured (no BatchNorm statistics, or random weights)" if high is None
-                  else f"high-level similarity to ImageNet {high:.2f} (different: under {record['different_below']})")
-    return (f"This data: {placed['images_per_class']:.0f} training images per class (small: under "
-            f"{record['small_per_class']}), {similarity}: the cell '{placed['cell']}'. The benchmark behind "
+                  else f"high-level similarity to ImageNet {high:.2f} (the table calls under {record['different_below']} "
+                  "different)")
+    return (f"This data: {placed['images_per_class']:.0f} training images per class (the table calls under "
+            f"{record['small_per_class']} small), {similarity}: the cell '{placed['cell']}'. The benchmark behind "
             f"`recommend` ({record['tasks']} tasks from {len(record['datasets'])} datasets, "
             "docs/recommend.md) measured in each cell:")
 
