@@ -78,16 +78,18 @@ def test_inspect_with_random_weights_shows_the_plan_of_a_model_whose_weights_are
     ("one_class", "only one class"),
     ("bad_strategy", "unknown strategy"),
     ("bad_model", "unknown model"),
+    ("ghost_bn_without_batchnorm_training", "--ghost-bn applies where BatchNorm trains"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, setup, message):
     data = tmp_path / "data"
     args = ["train", data, "--model", "test_efficientnet", "--epochs", "1", "--out", tmp_path / "run"]
     if setup == "one_class":
         make_folder(data, classes=("red",), n=3)
-    elif setup in ("bad_strategy", "bad_model"):
+    elif setup in ("bad_strategy", "bad_model", "ghost_bn_without_batchnorm_training"):
         make_folder(data / "train", n=2)
         make_folder(data / "val", n=2)
-        args += ["--strategy", "nope"] if setup == "bad_strategy" else ["--model", "nope_net"]
+        args += {"bad_strategy": ["--strategy", "nope"], "bad_model": ["--model", "nope_net"],
+                 "ghost_bn_without_batchnorm_training": ["--strategy", "partial", "--ghost-bn", "8"]}[setup]
     result = run_cli(*args)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output

@@ -346,3 +346,15 @@ def test_the_run_a_comparison_stands_for_is_chosen_on_val_never_on_test(tmp_path
     nothing = {**summary, "recommended": None}  # nothing beats chance: the best mean val score decides
     nothing["strategies"]["linear"]["selection_score_mean"], nothing["strategies"]["full"]["selection_score_mean"] = 0.85, 0.95
     assert best_run(tmp_path, nothing) == tmp_path / "runs" / "full-seed0"
+
+
+def test_ghost_batch_norm_reaches_only_the_cells_whose_batchnorm_trains():
+    from headstart.compare import run_config
+
+    from dataclasses import replace
+
+    base = TrainConfig(ghost_batch_norm=8)
+    assert run_config(base, "scratch", 0, 2, "light").ghost_batch_norm == 8
+    assert all(run_config(base, label, 0, 2, "light").ghost_batch_norm is None
+               for label in ("linear", "partial:1", "full", "gradual", "lp-ft"))
+    assert run_config(replace(base, freeze_bn=False), "full", 0, 2, "light").ghost_batch_norm == 8  # --train-bn

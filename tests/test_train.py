@@ -248,3 +248,37 @@ def test_micro_batches_only_where_no_layer_normalises_with_batch_statistics():
     assert micro_batch_size(TrainConfig(batch_size=32), model, 224, world_size=2) is None  # DDP: its own split
     model.train()  # BatchNorm re-estimating statistics (scratch, --train-bn): parts would normalise differently
     assert micro_batch_size(TrainConfig(batch_size=32), model, 224, world_size=1) is None
+    assert micro_batch_size(TrainConfig(batch_size=32, micro_batch=4), model, 224, world_size=1) is None
+    assert micro_batch_size(TrainConfig(batch_size=32, ghost_batch_norm=8), model, 224, world_size=1) == 8  # asked
+    assert micro_batch_size(TrainConfig(batch_size=32, ghost_batch_norm=16), model, 224, world_size=2) is None
+
+
+def test_ghost_batch_norm_normalises_each_part_with_its_own_statistics(image_folder, tmp_path):
+    """scratch with ghost BN of 2 in batches of 8: every part updates BatchNorm's running statistics (4 updates per
+    step) and the step is not the whole batch's; parts as large as the batch are the whole batch, exactly."""
+    from safetensors.torch import load_file
+
+    def scratch(ghost, name):
+        cfg = TrainConfig(model="test_efficientnet", strategy="scratch", epochs=1, batch_size=8, ghost_batch_norm=ghost,
+                          use_cache=False, num_workers=0, augment="none", patience=None, monitor_folder="none")
+        run = train(image_folder, cfg, tmp_path / name)
+        return run, load_file(tmp_path / name / "model.safetensors")
+
+    (whole_run, whole), (_, same), (ghost_run, ghost) = scratch(None, "whole"), scratch(8, "as-large"), scratch(2, "ghost")
+    steps = -(-whole_run["n_train"] // 8)
+    tracked = [k for k in whole if k.endswith("num_batches_tracked")]
+    assert tracked and all(int(whole[k]) == steps for k in tracked)
+    assert all(int(ghost[k]) == sum(-(-min(8, whole_run["n_train"] - 8 * i) // 2) for i in range(steps)) for k in tracked)
+    assert all(torch.equal(whole[k], same[k]) for k in whole)  # a part as large as the batch: the whole batch
+    assert any(not torch.allclose(whole[k], ghost[k]) for k in whole if k.endswith("running_mean"))
+    assert json.loads((tmp_path / "ghost" / "config.json").read_text())["train"]["ghost_batch_norm"] == 2
+
+
+def test_ghost_batch_norm_is_refused_where_no_batchnorm_trains(image_folder, tmp_path):
+    from headstart.errors import HeadstartError
+
+    for strategy in ("linear", "partial", "full"):
+        with pytest.raises(HeadstartError, match="--ghost-bn applies where BatchNorm trains"):
+            train(image_folder, TrainConfig(model=TINY, strategy=strategy, ghost_batch_norm=8), tmp_path / strategy)
+    with pytest.raises(HeadstartError, match="1 or more"):
+        train(image_folder, TrainConfig(model=TINY, strategy="scratch", ghost_batch_norm=0), tmp_path / "zero")

@@ -70,6 +70,9 @@ def main(offline: bool = typer.Option(False, "--offline", help="Use only pretrai
 MODEL_OPTION = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME.")
 PER_CLASS_OPTION = typer.Option(None, help="Subsample training data to N images per class.")
 CLASSES_OPTION = typer.Option(None, help="Comma-separated subset of classes.")
+GHOST_BN_OPTION = typer.Option(None, "--ghost-bn", min=1, help="Where BatchNorm trains (scratch, --train-bn): normalise "
+                               "over parts of N images of each batch (ghost batch norm): less memory, faster on the "
+                               "CPU at 224 px, not the whole batch's step (docs/performance.md).")
 MEASURE_SIZE_OPTION = typer.Option(None, help="Working resolution (default: what train would use).")
 PRECISION_OPTION = typer.Option("auto", help="Forward passes in fp32 or bf16 (bfloat16 autocast; needs AMX or "
                                 "AVX512-BF16 on a CPU); auto: bf16 where the hardware has it and parity was measured.")
@@ -85,6 +88,7 @@ def train(
     batch_size: int = typer.Option(32),
     micro_batch: int = typer.Option(None, min=0, help="Images per forward/backward pass (gradients add up to the batch's "
                                     "step; default: what keeps memory low where BatchNorm allows; 0: whole batch)."),
+    ghost_bn: int = GHOST_BN_OPTION,
     lr: float = typer.Option(None, help="LR of the top backbone stage group."),
     head_lr: float = typer.Option(None, help="LR of the new head."),
     lr_decay: float = typer.Option(None, help="LR factor per stage group toward the stem."),
@@ -135,6 +139,7 @@ def train(
     from headstart.api import TrainConfig, train as train_run
 
     cfg = TrainConfig(model=model, strategy=strategy, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch,
+                      ghost_batch_norm=ghost_bn,
                       lr=lr, head_lr=head_lr,
                       lr_decay=lr_decay, train_last=train_last, optimizer=optimizer, weight_decay=weight_decay,
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs,
@@ -175,6 +180,7 @@ def compare(
     batch_size: int = typer.Option(32),
     micro_batch: int = typer.Option(None, min=0, help="Images per forward/backward pass (gradients add up to the batch's "
                                     "step; default: what keeps memory low where BatchNorm allows; 0: whole batch)."),
+    ghost_bn: int = GHOST_BN_OPTION,
     image_size: int = typer.Option(None, help="Working resolution (default: the model's)."),
     per_class: int = typer.Option(None, help="Subsample training data to N images per class (one draw for all runs)."),
     val_per_class: int = typer.Option(None, help="Validate on at most N images per class (drawn with --data-seed): "
@@ -218,7 +224,8 @@ def compare(
         raise HeadstartError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     cfg = TrainConfig(model=model, weights=str(weights) if weights else None, epochs=epochs, augment=augment, views=views,
                       patience=patience or None, freeze_bn=freeze_bn,
-                      batch_size=batch_size, micro_batch=micro_batch, image_size=image_size,
+                      batch_size=batch_size, micro_batch=micro_batch, ghost_batch_norm=ghost_bn,
+                      image_size=image_size,
                       cache_dir=str(cache_dir) if cache_dir else None,
                       device=device, devices=devices, keep_checkpoints=keep_checkpoints, balance=balance,
                       precision=precision)

@@ -56,13 +56,13 @@ from headstart.runs import (
 )
 from headstart.stats import Cost, RunPredictions, choose_metric, verdict
 from headstart.strategies import Strategy, parse_label, strategy_for_label, what_trains
-from headstart.train import TrainConfig, default_views, resolve_strategy
+from headstart.train import TrainConfig, default_views, resolve_strategy, trains_batchnorm
 
 DEFAULT_AUGMENT = "light"
 # Settings that change what a run computes: a finished run is reused only when all of them match.
 _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "lr_decay", "train_last", "optimizer",
                  "weight_decay", "label_smoothing", "warmup_epochs", "augment", "views", "freeze_bn", "patience", "seed",
-                 "image_size", "weights", "balance")
+                 "image_size", "weights", "balance", "ghost_batch_norm")
 NO_TEST = ("compare reports test figures, and {source} has no test split: use --val-as-test (its val/ becomes "
            "test), --test-fraction F (hold out a share) or --folds K (cross-validation)")
 
@@ -73,8 +73,10 @@ def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: s
     name, k = parse_label(label)
     cfg = replace(base, strategy=name, train_last=k if k is not None else base.train_last, seed=seed, epochs=epochs,
                   augment=augment, resume=True)  # an interrupted cell continues from its last whole epoch
-    views = base.views if base.views is not None else default_views(resolve_strategy(cfg), epochs, augment)
-    return replace(cfg, views=views)
+    strategy = resolve_strategy(cfg)
+    views = base.views if base.views is not None else default_views(strategy, epochs, augment)
+    ghost = base.ghost_batch_norm if trains_batchnorm(strategy) else None  # only cells whose BatchNorm trains
+    return replace(cfg, views=views, ghost_batch_norm=ghost)
 
 
 def data_identity(splits: DataSplits, per_class: int | None, data_seed: int) -> dict:

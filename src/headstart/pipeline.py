@@ -43,7 +43,8 @@ from headstart.runs import (
 )
 from headstart.stats import RunPredictions, headline_metric, metric_interval
 from headstart.strategies import Strategy, describe_strategy
-from headstart.train import FitResult, Split, TrainConfig, eval_loader, fit, predict_batches, resolve_strategy
+from headstart.train import (FitResult, Split, TrainConfig, check_ghost_batch_norm, eval_loader, fit, predict_batches,
+                             resolve_strategy)
 from headstart.transforms import suggest_image_size
 
 
@@ -120,6 +121,7 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
     cfg = cfg or TrainConfig()
     fabric = engine.start(cfg.device, cfg.devices)
     precision_plan(cfg.precision, fabric.device)  # an impossible --precision stops here, before any work
+    check_ghost_batch_norm(cfg)  # so does --ghost-bn where no BatchNorm trains
     first = fabric.is_global_zero
     strategy = resolve_strategy(cfg)
     splits = data if isinstance(data, DataSplits) else load_data(
