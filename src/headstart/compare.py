@@ -56,7 +56,7 @@ from headstart.runs import (
 )
 from headstart.stats import Cost, RunPredictions, choose_metric, verdict
 from headstart.strategies import Strategy, parse_label, strategy_for_label, what_trains
-from headstart.train import TrainConfig, default_views, resolve_strategy, trains_batchnorm
+from headstart.train import TrainConfig, default_views, resolve_strategy, strategy_trains_batchnorm
 
 DEFAULT_AUGMENT = "light"
 # Settings that change what a run computes: a finished run is reused only when all of them match.
@@ -75,7 +75,7 @@ def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: s
                   augment=augment, resume=True)  # an interrupted cell continues from its last whole epoch
     strategy = resolve_strategy(cfg)
     views = base.views if base.views is not None else default_views(strategy, epochs, augment)
-    ghost = base.ghost_batch_norm if trains_batchnorm(strategy) else None  # only cells whose BatchNorm trains
+    ghost = base.ghost_batch_norm if strategy_trains_batchnorm(strategy) else None  # the cells whose BatchNorm trains
     return replace(cfg, views=views, ghost_batch_norm=ghost)
 
 

@@ -104,7 +104,7 @@ class TrainConfig:
         return asdict(self)
 
 
-def trains_batchnorm(strategy: Strategy) -> bool:
+def strategy_trains_batchnorm(strategy: Strategy) -> bool:
     """Whether some BatchNorm of the run normalises with batch statistics: from random weights always; pretrained,
     where trained groups re-estimate them (--train-bn) and some backbone group trains at all."""
     trains_backbone = any(p.train_last != 0 for p in strategy.phases) or strategy.unfreeze_every > 0
@@ -118,7 +118,7 @@ def check_ghost_batch_norm(cfg: TrainConfig) -> None:
         return
     if cfg.ghost_batch_norm < 1:
         raise HeadstartError("--ghost-bn is the number of images per BatchNorm batch: give 1 or more")
-    if not trains_batchnorm(resolve_strategy(cfg)):
+    if not strategy_trains_batchnorm(resolve_strategy(cfg)):
         raise HeadstartError(f"--ghost-bn applies where BatchNorm trains, and {cfg.strategy} keeps the pretrained "
                              "statistics: drop it, or add --train-bn (scratch always trains them)")
 
@@ -353,7 +353,7 @@ def eval_loader(split: Split, pre: Preprocessing, device: torch.device) -> DataL
 MICRO_BATCH_PIXELS = 8 * 224 * 224  # a training micro-batch holds at most 8 images' worth of 224 px activations
 
 
-def batchnorm_trains(model: torch.nn.Module) -> bool:
+def batchnorm_in_training(model: torch.nn.Module) -> bool:
     """Whether some BatchNorm layer normalises with the batch's own statistics now (is in training mode)."""
     return any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
@@ -366,7 +366,7 @@ def micro_batch_size(cfg: TrainConfig, model: torch.nn.Module, image_size: int, 
     images as MICRO_BATCH_PIXELS allows at this image size — a full training step of Lite0 at 224 px on a batch of
     32 keeps ~3.9 GB of activations for backward; in micro-batches of 8, a quarter of that. Where BatchNorm trains,
     the parts are `cfg.ghost_batch_norm` images (ghost batch norm), or none."""
-    if batchnorm_trains(model):  # parts would normalise with other statistics: only where asked for (ghost BN)
+    if batchnorm_in_training(model):  # parts would normalise with other statistics: only where asked for (ghost BN)
         ghost = cfg.ghost_batch_norm
         return ghost if ghost and ghost < math.ceil(cfg.batch_size / world_size) else None
     if cfg.micro_batch == 0 or world_size > 1:
