@@ -348,7 +348,7 @@ def test_the_run_a_comparison_stands_for_is_chosen_on_val_never_on_test(tmp_path
     assert best_run(tmp_path, nothing) == tmp_path / "runs" / "full-seed0"
 
 
-def test_ghost_batch_norm_reaches_only_the_cells_whose_batchnorm_trains():
+def test_ghost_batch_norm_reaches_only_the_cells_whose_batchnorm_trains_and_the_reports_say_which():
     from headstart.compare import run_config
 
     from dataclasses import replace
@@ -358,3 +358,12 @@ def test_ghost_batch_norm_reaches_only_the_cells_whose_batchnorm_trains():
     assert all(run_config(base, label, 0, 2, "light").ghost_batch_norm is None
                for label in ("linear", "partial:1", "full", "gradual", "lp-ft"))
     assert run_config(replace(base, freeze_bn=False), "full", 0, 2, "light").ghost_batch_norm == 8  # --train-bn
+
+    from headstart.compare import ghost_cells
+    from headstart.report.markdown import ghost_text
+
+    used = ghost_cells(base, ["scratch", "linear", "partial"], 2, "light")
+    assert used == {"images": 8, "strategies": ["scratch"]}
+    assert ghost_text({"ghost_batch_norm": used}) == (" · scratch: BatchNorm over parts of 8 images of each batch "
+                                                      "(ghost batch norm, --ghost-bn)")
+    assert ghost_cells(base, ["linear", "partial"], 2, "light") is None and ghost_text({}) == ""

@@ -79,6 +79,15 @@ def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: s
     return replace(cfg, views=views, ghost_batch_norm=ghost)
 
 
+def ghost_cells(base: TrainConfig, labels: list[str], epochs: int, augment: str) -> dict | None:
+    """Which strategies normalised over parts of their batch (ghost batch norm), and how many images a part: the
+    reports say so, since it is the one setting that is not the same for every strategy."""
+    if base.ghost_batch_norm is None:
+        return None
+    using = [label for label in labels if run_config(base, label, 0, epochs, augment).ghost_batch_norm]
+    return {"images": base.ghost_batch_norm, "strategies": using} if using else None
+
+
 def data_identity(splits: DataSplits, per_class: int | None, data_seed: int) -> dict:
     """What makes two runs' data the same: where it came from, which classes, which subsample and split, how many
     val and test images, and above all the content of every role (`data.role_fingerprints`: the same counts with
@@ -238,6 +247,7 @@ def compare(
                             "data_seed": data_seed, "model": base.model, "image_size": summary.pop("image_size"),
                             "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": complete,
                             "command": command, "environment": summary.pop("environment"),
+                            "ghost_batch_norm": ghost_cells(base, complete, epochs, augment),
                             "placement": placement(splits, base)}  # its cell of the lesson's 2 × 2
         write_json(out / SUMMARY_FILE, summary)
         if failed:

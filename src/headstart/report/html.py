@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from headstart.report.diagram import DiagramRow, diagram_row, human, strategy_diagram
-from headstart.report.markdown import (badge, cell_text, data_name, decision_cells, evidence, findings, pct,
-                                       placement_text, pts, results_rows)
+from headstart.report.markdown import (badge, cell_text, data_name, decision_cells, evidence, findings, ghost_text,
+                                       pct, placement_text, pts, results_rows)
 from headstart.report.plots import plot_confusion, plot_curves, subplots
 from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, best_run, read_history, read_run
 from headstart.strategies import Strategy, parse_label, what_trains
@@ -297,7 +297,8 @@ def compare_html(out: Path, summary: dict) -> str:
         f'<p class="setup">Same for every strategy: {escape(setup["model"])} at {setup["image_size"]}px · '
         f'{sizes} ({escape(", ".join(setup["classes"]))}) · '
         f'{setup["epochs"]} epochs · augmentation <b>{escape(setup["augment"])}</b> · seeds '
-        f'{escape(", ".join(map(str, seeds)))}. Only the starting point and what is frozen differ.</p>',
+        f'{escape(", ".join(map(str, seeds)))}{escape(ghost_text(setup))}. '
+        f'{"Otherwise only" if ghost_text(setup) else "Only"} the starting point and what is frozen differ.</p>',
         "<h2>Test figures</h2>", results_table(summary),
         f'<p class="evidence" id="evidence"><small>{escape(evidence(summary))}</small></p>',
         '<p class="note">Intervals: 95%, over the test images and the seeds (stats.py). Val accuracy: the best '

@@ -48,6 +48,16 @@ def _interval_phrase(d: dict | None) -> str:
     return f" (95% interval {100 * d['low']:.1f} to {100 * d['high']:.1f} points)" if d else ""
 
 
+def ghost_text(setup: dict) -> str:
+    """The one setting that differs between strategies, when it was used: ghost batch norm for those whose BatchNorm
+    trains (empty otherwise)."""
+    ghost = setup.get("ghost_batch_norm")
+    if not ghost:
+        return ""
+    return (f" · {', '.join(ghost['strategies'])}: BatchNorm over parts of {ghost['images']} images of each batch "
+            "(ghost batch norm, --ghost-bn)")
+
+
 def findings(summary: dict) -> list[str]:
     """The verdict, then the reasons, each one sentence computed from the summary's test figures."""
     table, best = summary["strategies"], summary["best"]
@@ -182,7 +192,7 @@ def compare_markdown(summary: dict) -> str:
              f"{setup['n_train']} train / {setup['n_val']} val / {setup['n_test']} test images")
     lines += [f"Data: {setup['data']}. {setup['model']} at {setup['image_size']}px · {sizes} · "
               f"classes {', '.join(setup['classes'])} · {setup['epochs']} epochs · augmentation `{setup['augment']}` "
-              f"for every strategy · seeds {', '.join(map(str, setup['seeds']))}", ""]
+              f"for every strategy · seeds {', '.join(map(str, setup['seeds']))}{ghost_text(setup)}", ""]
     lines += [f"| strategy | what trains | test {metric} (95% interval) | per {runs.rstrip('s')} | "
               "val accuracy (best epoch, selected on) | train acc | gap (train − val) | trainable params | seconds |",
               "|---|---|---|---|---|---|---|---|---|"]
