@@ -17,11 +17,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from run import timed  # bench/run.py: a process's wall time and peak RSS (wait4)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "hymenoptera" / "train"
@@ -30,22 +30,17 @@ SETTINGS = dict(image_size=224, epochs=5, batch_size=32, seeds=(0, 1, 2), ghost=
 
 
 def one_run(ghost: int | None, seed: int, out: Path) -> dict:
-    cmd = [str(Path(sys.executable).parent / "headstart"), "train", str(DATA), "--strategy", "scratch", "--model",
+    cmd = [sys.executable, "-m", "headstart.cli", "train", str(DATA), "--strategy", "scratch", "--model",
            "efficientnet_lite0", "--epochs", str(SETTINGS["epochs"]), "--image-size", str(SETTINGS["image_size"]),
            "--batch-size", str(SETTINGS["batch_size"]), "--seed", str(seed), "--out", str(out), "--no-cache"]
     if ghost:
         cmd += ["--ghost-bn", str(ghost)]
-    t0 = time.perf_counter()
-    with open(out.parent / f"{out.name}.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: see {out.parent / (out.name + '.log')}")
+    process = timed(cmd, out.parent / f"{out.name}.log")
     run = json.loads((out / "run.json").read_text())
     return {"ghost_batch_norm": ghost, "seed": seed, "val_accuracy_best": run["val_accuracy_best"],
             "best_epoch": run["best_epoch"], "final_train_accuracy": run["final_train_accuracy"],
-            "train_seconds": run["train_seconds"], "wall_seconds": time.perf_counter() - t0,
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+            "train_seconds": run["train_seconds"], "wall_seconds": process["wall_seconds"],
+            "peak_rss_mb": process["peak_rss_mb"]}
 
 
 def main() -> None:

@@ -295,10 +295,11 @@ def decision_table(records: list[dict]) -> dict:
     table = {}
     for key, c in sorted(cells.items()):
         regrets = cell_record([r for r in records if r["task"] in c["tasks"]])["mean_regret"]
+        least = min(regrets.values())
         table[key] = {"tasks": c["tasks"], "best": dict(c["best"].most_common()),
                       "in_tied_set": dict(c["in_tied_set"].most_common()),
                       "winner_margins_points": [round(x, 1) for x in c["margins"]], "mean_regret": regrets,
-                      "least_regret": sorted((s for s in regrets if regrets[s] == min(regrets.values())),
+                      "least_regret": sorted((s for s, v in regrets.items() if v == least),
                                              key=COST_ORDER.index)}  # every strategy at the least, cheapest first
     return table
 

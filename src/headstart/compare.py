@@ -55,8 +55,8 @@ from headstart.runs import (
     run_folder_lock, write_json,
 )
 from headstart.stats import Cost, RunPredictions, choose_metric, verdict
-from headstart.strategies import Strategy, parse_label, strategy_for_label, what_trains
-from headstart.train import TrainConfig, default_views, resolve_strategy, strategy_trains_batchnorm
+from headstart.strategies import Strategy, parse_label, strategy_for_label, trains_batchnorm, what_trains
+from headstart.train import TrainConfig, default_views, resolve_strategy
 
 DEFAULT_AUGMENT = "light"
 # Settings that change what a run computes: a finished run is reused only when all of them match.
@@ -75,7 +75,7 @@ def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: s
                   augment=augment, resume=True)  # an interrupted cell continues from its last whole epoch
     strategy = resolve_strategy(cfg)
     views = base.views if base.views is not None else default_views(strategy, epochs, augment)
-    ghost = base.ghost_batch_norm if strategy_trains_batchnorm(strategy) else None  # the cells whose BatchNorm trains
+    ghost = base.ghost_batch_norm if trains_batchnorm(strategy) else None  # the cells whose BatchNorm trains
     return replace(cfg, views=views, ghost_batch_norm=ghost)
 
 

@@ -184,6 +184,14 @@ def apply_trainable(model: StagedModel, trainable: list[str]) -> None:
         model.group(name).requires_grad_(name in trainable)
 
 
+def trains_batchnorm(strategy: Strategy) -> bool:
+    """Whether `set_train_mode` leaves some BatchNorm normalising with batch statistics at some point of the run:
+    where BatchNorm re-estimates them (scratch, --train-bn) in a backbone group that trains, or in frozen groups
+    too when they are not held in eval mode."""
+    trains_backbone = any(p.train_last != 0 for p in strategy.phases) or strategy.unfreeze_every > 0
+    return strategy.train_bn_stats and (trains_backbone or not strategy.frozen_bn_eval)
+
+
 def set_train_mode(model: StagedModel, trainable: list[str], strategy: Strategy) -> None:
     """model.train(), except frozen groups, whose BatchNorm (and dropout) stay in eval mode so their
     running statistics keep describing the pretraining data instead of drifting with a few small batches."""

@@ -47,6 +47,7 @@ from headstart.strategies import (
     parameter_groups,
     set_train_mode,
     trainable_groups,
+    trains_batchnorm,
     unfreeze_epoch,
 )
 from headstart.transforms import Preprocessing, eval_transform, normalize_batch, train_transform
@@ -104,13 +105,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def strategy_trains_batchnorm(strategy: Strategy) -> bool:
-    """Whether some BatchNorm of the run normalises with batch statistics: from random weights always; pretrained,
-    where trained groups re-estimate them (--train-bn) and some backbone group trains at all."""
-    trains_backbone = any(p.train_last != 0 for p in strategy.phases) or strategy.unfreeze_every > 0
-    return not strategy.pretrained or (strategy.train_bn_stats and trains_backbone)
-
-
 def check_ghost_batch_norm(cfg: TrainConfig) -> None:
     """One run asked for ghost batch norm: refuse a value or a strategy it cannot apply to, rather than ignore it.
     (compare passes it to every cell; it applies to those whose BatchNorm trains.)"""
@@ -118,7 +112,7 @@ def check_ghost_batch_norm(cfg: TrainConfig) -> None:
         return
     if cfg.ghost_batch_norm < 1:
         raise HeadstartError("--ghost-bn is the number of images per BatchNorm batch: give 1 or more")
-    if not strategy_trains_batchnorm(resolve_strategy(cfg)):
+    if not trains_batchnorm(resolve_strategy(cfg)):
         raise HeadstartError(f"--ghost-bn applies where BatchNorm trains, and {cfg.strategy} keeps the pretrained "
                              "statistics: drop it, or add --train-bn (scratch always trains them)")
 

@@ -228,13 +228,14 @@ def accuracy_first_alternative(label: str) -> str | None:
     """One sentence, when the benchmark found a fixed policy with less regret than recommend's out-of-sample
     figure: what recommend's picks cost in accuracy, what they save in time, and which policy to take instead when
     time does not matter. None when recommend is the best policy or the pick is that policy's strategy."""
-    policies = track_record()["policies"]
-    ours = policies[track_record()["recommend_policy"]]
+    record = track_record()
+    policies = record["policies"]
+    ours = policies[record["recommend_policy"]]
     fixed = {name.removeprefix("always "): p for name, p in policies.items() if name.startswith("always ")}
     best = min(fixed, key=lambda s: (fixed[s]["mean_regret"], fixed[s]["relative_seconds"]))
     if label == best or fixed[best]["mean_regret"] >= ours["mean_regret"]:
         return None
-    return (f"scored leave-one-dataset-out on the benchmark's {track_record()['tasks']} tasks, recommend's picks lost "
+    return (f"scored leave-one-dataset-out on the benchmark's {record['tasks']} tasks, recommend's picks lost "
             f"{ours['mean_regret']:.2f} test-accuracy points on average (worst {ours['worst_regret']:.1f}) in "
             f"{ours['relative_seconds'] / fixed[best]['relative_seconds']:.2f}× the training time of always {best}, "
             f"which lost {fixed[best]['mean_regret']:.2f}: if training time does not matter, train {best}")
