@@ -4,7 +4,8 @@ A user runs experiments, not single runs, so this is the figure that matters for
 from data on disk (fresh, empty cache) to summary.json. Each variant is one process, timed from the outside
 like bench/run.py does; the variants of a case run the same experiment, so their answers must agree:
 
-    serial      the cells one after another in the compare process (the default)
+    default     the command with every setting at its default (what a user gets; the README's figures)
+    serial      the cells one after another in the compare process, fp32
     ray         every cell a Ray task on a local Ray instance, one cell at a time with as many CPUs as the
                 serial run has torch threads (so the arithmetic, thread split included, is the same)
     bf16        serial, with --precision bf16 (forward passes in bf16 autocast where the CPU has it)
@@ -53,11 +54,14 @@ CASES = {
                  "--image-size", "224"],
 }
 VARIANTS = {
+    "default": [],  # the command as the README gives it: every setting at its default
     "serial": ["--precision", "fp32"],
     "ray": ["--precision", "fp32", "--executor", "ray", "--max-parallel", "1", "--cpus-per-cell", "2"],
     "bf16": ["--precision", "bf16"],
-    # scratch with ghost batch norm of 8 (chosen on val: bench/ghost_bn.py); only the scratch cells differ
+    # scratch with ghost batch norm of 8 (chosen on val: bench/ghost_bn.py; the default at 224 px since 2026-12-01)
     "ghost-bn": ["--precision", "fp32", "--ghost-bn", "8"],
+    # scratch on whole batches of 32 (the default at 224 px until 2026-12-01)
+    "whole-bn": ["--precision", "fp32", "--ghost-bn", "0"],
 }
 
 

@@ -179,6 +179,21 @@ def test_a_finished_run_in_another_precision_is_refused(finished, data):
                 val_as_test=True)
 
 
+def test_a_finished_run_is_held_to_the_batchnorm_parts_it_trained_with_not_to_how_they_were_asked_for(finished,
+                                                                                                      data):
+    """scratch at 32 px in batches of 8 trained on whole batches (automatic ghost batch norm splits none there):
+    asking for parts of 8 (as large as the batch) is the same run, parts of 2 are another."""
+    out, _ = finished
+    config = json.loads((out / "runs" / "scratch-seed0" / "config.json").read_text())
+    assert config["batchnorm_parts"] is None and config["train"]["ghost_batch_norm"] is None
+    same = compare(data, ["scratch"], [0], out, tiny_config(ghost_batch_norm=8, cache_dir=str(out / "cache")),
+                   val_as_test=True, report=False)
+    assert "scratch" in same["strategies"]
+    with pytest.raises(HeadstartError, match="other settings.*BatchNorm part.*None then vs 2 now"):
+        compare(data, ["scratch"], [0], out, tiny_config(ghost_batch_norm=2, cache_dir=str(out / "cache")),
+                val_as_test=True, report=False)
+
+
 @pytest.mark.parametrize("other_data", [dict(per_class=4), dict(val_per_class=1)])
 def test_a_finished_run_on_other_data_is_refused(finished, data, other_data):
     """Same training settings, other images (a subsample, a smaller val set): not the same experiment."""
@@ -362,8 +377,12 @@ def test_ghost_batch_norm_reaches_only_the_cells_whose_batchnorm_trains_and_the_
     from headstart.compare import ghost_cells
     from headstart.report.markdown import ghost_text
 
-    used = ghost_cells(base, ["scratch", "linear", "partial"], 2, "light")
+    used = ghost_cells(base, ["scratch", "linear", "partial"], 2, "light", 64)
     assert used == {"images": 8, "strategies": ["scratch"]}
     assert ghost_text({"ghost_batch_norm": used}) == (" · scratch: BatchNorm over parts of 8 images of each batch "
                                                       "(ghost batch norm, --ghost-bn)")
-    assert ghost_cells(base, ["linear", "partial"], 2, "light") is None and ghost_text({}) == ""
+    assert ghost_cells(base, ["linear", "partial"], 2, "light", 224) is None and ghost_text({}) == ""
+    automatic = TrainConfig()  # parts where the image size calls for them: 224 px does, 96 px does not
+    assert ghost_cells(automatic, ["scratch", "partial"], 2, "light", 224) == {"images": 8, "strategies": ["scratch"]}
+    assert ghost_cells(automatic, ["scratch", "partial"], 2, "light", 96) is None
+    assert ghost_cells(replace(automatic, ghost_batch_norm=0), ["scratch"], 2, "light", 224) is None

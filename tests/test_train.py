@@ -246,11 +246,26 @@ def test_micro_batches_only_where_no_layer_normalises_with_batch_statistics():
     assert micro_batch_size(TrainConfig(batch_size=32, micro_batch=4), model, 112, world_size=1) == 4
     assert micro_batch_size(TrainConfig(batch_size=32, micro_batch=0), model, 224, world_size=1) is None
     assert micro_batch_size(TrainConfig(batch_size=32), model, 224, world_size=2) is None  # DDP: its own split
-    model.train()  # BatchNorm re-estimating statistics (scratch, --train-bn): parts would normalise differently
-    assert micro_batch_size(TrainConfig(batch_size=32), model, 224, world_size=1) is None
-    assert micro_batch_size(TrainConfig(batch_size=32, micro_batch=4), model, 224, world_size=1) is None
-    assert micro_batch_size(TrainConfig(batch_size=32, ghost_batch_norm=8), model, 224, world_size=1) == 8  # asked
+    model.train()  # BatchNorm re-estimating statistics (scratch, --train-bn): parts are ghost batch norm's
+    assert micro_batch_size(TrainConfig(batch_size=32, micro_batch=4), model, 112, world_size=1) is None  # not asked
+    assert micro_batch_size(TrainConfig(batch_size=32, ghost_batch_norm=0), model, 224, world_size=1) is None  # off
+    assert micro_batch_size(TrainConfig(batch_size=32, ghost_batch_norm=4), model, 112, world_size=1) == 4  # asked
     assert micro_batch_size(TrainConfig(batch_size=32, ghost_batch_norm=16), model, 224, world_size=2) is None
+
+
+def test_automatic_ghost_batch_norm_splits_only_batches_over_the_micro_batch_budget():
+    """By default a batch whose BatchNorm trains is split where a whole one would exceed MICRO_BATCH_PIXELS (8
+    images at 224 px), into equal parts; at 112 px and below the batch of 32 stays whole (the lesson's and the
+    recommend benchmark's runs compute what they did)."""
+    from headstart.train import ghost_batch_norm_size
+
+    assert ghost_batch_norm_size(None, 32, 224) == 8
+    assert [ghost_batch_norm_size(None, 32, size) for size in (32, 64, 96, 112)] == [None] * 4
+    assert ghost_batch_norm_size(None, 32, 160) == 11  # budget 15: three parts, 11 + 11 + 10
+    assert ghost_batch_norm_size(None, 32, 128) == 16  # budget 24: two parts of 16, not 24 + 8
+    assert ghost_batch_norm_size(None, 32, 1024) == 1
+    assert ghost_batch_norm_size(None, 16, 224) == 8 and ghost_batch_norm_size(None, 8, 224) is None
+    assert ghost_batch_norm_size(0, 32, 224) is None and ghost_batch_norm_size(4, 32, 64) == 4
 
 
 def test_ghost_batch_norm_normalises_each_part_with_its_own_statistics(image_folder, tmp_path):
@@ -271,7 +286,7 @@ def test_ghost_batch_norm_normalises_each_part_with_its_own_statistics(image_fol
     assert all(int(ghost[k]) == sum(-(-min(8, whole_run["n_train"] - 8 * i) // 2) for i in range(steps)) for k in tracked)
     assert all(torch.equal(whole[k], same[k]) for k in whole)  # a part as large as the batch: the whole batch
     assert any(not torch.allclose(whole[k], ghost[k]) for k in whole if k.endswith("running_mean"))
-    assert json.loads((tmp_path / "ghost" / "config.json").read_text())["train"]["ghost_batch_norm"] == 2
+    assert json.loads((tmp_path / "ghost" / "config.json").read_text())["batchnorm_parts"] == 2
 
 
 def test_ghost_batch_norm_is_refused_where_no_batchnorm_trains(image_folder, tmp_path):
@@ -281,4 +296,4 @@ def test_ghost_batch_norm_is_refused_where_no_batchnorm_trains(image_folder, tmp
         with pytest.raises(HeadstartError, match="--ghost-bn applies where BatchNorm trains"):
             train(image_folder, TrainConfig(model=TINY, strategy=strategy, ghost_batch_norm=8), tmp_path / strategy)
     with pytest.raises(HeadstartError, match="1 or more"):
-        train(image_folder, TrainConfig(model=TINY, strategy="scratch", ghost_batch_norm=0), tmp_path / "zero")
+        train(image_folder, TrainConfig(model=TINY, strategy="scratch", ghost_batch_norm=-1), tmp_path / "negative")

@@ -70,9 +70,10 @@ def main(offline: bool = typer.Option(False, "--offline", help="Use only pretrai
 MODEL_OPTION = typer.Option("efficientnet_lite0", help="Backbone: registered, timm or torchvision:NAME.")
 PER_CLASS_OPTION = typer.Option(None, help="Subsample training data to N images per class.")
 CLASSES_OPTION = typer.Option(None, help="Comma-separated subset of classes.")
-GHOST_BN_OPTION = typer.Option(None, "--ghost-bn", min=1, help="Where BatchNorm trains (scratch, --train-bn): normalise "
+GHOST_BN_OPTION = typer.Option(None, "--ghost-bn", min=0, help="Where BatchNorm trains (scratch, --train-bn): normalise "
                                "over parts of N images of each batch (ghost batch norm): less memory, faster on the "
-                               "CPU at 224 px, not the whole batch's step (docs/performance.md).")
+                               "CPU, not the whole batch's step (docs/performance.md). Default: parts of 8 at 224 px, "
+                               "whole batches at 112 px or less; 0: always whole.")
 MEASURE_SIZE_OPTION = typer.Option(None, help="Working resolution (default: what train would use).")
 PRECISION_OPTION = typer.Option("auto", help="Forward passes in fp32 or bf16 (bfloat16 autocast; needs AMX or "
                                 "AVX512-BF16 on a CPU); auto: bf16 where the hardware has it and parity was measured.")

@@ -27,6 +27,7 @@ Each strategy keeps its own learning rates: they are part of what the strategy i
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -56,13 +57,13 @@ from headstart.runs import (
 )
 from headstart.stats import Cost, RunPredictions, choose_metric, verdict
 from headstart.strategies import Strategy, parse_label, strategy_for_label, trains_batchnorm, what_trains
-from headstart.train import TrainConfig, default_views, resolve_strategy
+from headstart.train import TrainConfig, batchnorm_parts, default_views, ghost_batch_norm_size, resolve_strategy
 
 DEFAULT_AUGMENT = "light"
 # Settings that change what a run computes: a finished run is reused only when all of them match.
 _RUN_IDENTITY = ("model", "strategy", "epochs", "batch_size", "lr", "head_lr", "lr_decay", "train_last", "optimizer",
                  "weight_decay", "label_smoothing", "warmup_epochs", "augment", "views", "freeze_bn", "patience", "seed",
-                 "image_size", "weights", "balance", "ghost_batch_norm")
+                 "image_size", "weights", "balance")
 NO_TEST = ("compare reports test figures, and {source} has no test split: use --val-as-test (its val/ becomes "
            "test), --test-fraction F (hold out a share) or --folds K (cross-validation)")
 
@@ -79,13 +80,13 @@ def run_config(base: TrainConfig, label: str, seed: int, epochs: int, augment: s
     return replace(cfg, views=views, ghost_batch_norm=ghost)
 
 
-def ghost_cells(base: TrainConfig, labels: list[str], epochs: int, augment: str) -> dict | None:
+def ghost_cells(base: TrainConfig, labels: list[str], epochs: int, augment: str, image_size: int) -> dict | None:
     """Which strategies normalised over parts of their batch (ghost batch norm), and how many images a part: the
     reports say so, since it is the one setting that is not the same for every strategy."""
-    if base.ghost_batch_norm is None:
-        return None
-    using = [label for label in labels if run_config(base, label, 0, epochs, augment).ghost_batch_norm]
-    return {"images": base.ghost_batch_norm, "strategies": using} if using else None
+    cells = {label: run_config(base, label, 0, epochs, augment) for label in labels}
+    parts = {label: batchnorm_parts(cfg, resolve_strategy(cfg), image_size) for label, cfg in cells.items()}
+    using = [label for label, size in parts.items() if size]
+    return {"images": parts[using[0]], "strategies": using} if using else None
 
 
 def data_identity(splits: DataSplits, per_class: int | None, data_seed: int) -> dict:
@@ -141,6 +142,12 @@ def is_finished(directory: Path, cfg: TrainConfig, data: dict | None = None) -> 
         elif then != fingerprints:
             roles = [r for r in ("train", "val", "test") if then.get(r) != fingerprints.get(r)]
             differ.append(f"images: other {', '.join(roles)} images (same settings, different content)")
+    # ghost batch norm as it was resolved then (runs before its automatic default: the part size they asked for)
+    then_parts = config["batchnorm_parts"] if "batchnorm_parts" in config else ghost_batch_norm_size(
+        done.get("ghost_batch_norm") or 0, math.ceil(cfg.batch_size / cfg.devices), 0)
+    now_parts = batchnorm_parts(cfg, resolve_strategy(cfg), config["preprocessing"]["image_size"])
+    if then_parts != now_parts:
+        differ.append(f"images per BatchNorm part (--ghost-bn): {then_parts} then vs {now_parts} now")
     # the strategy as it was resolved then: a default changed in the code since makes it another experiment
     spec = json.loads(json.dumps(resolve_strategy(cfg).to_dict()))
     if "strategy" in config and config["strategy"] != spec:
@@ -239,15 +246,16 @@ def compare(
         summary = summarize(out, complete, seeds, folds=folds, num_classes=len(splits.classes))
         summary["failed"] = [failure_record(out, o) for o in failed]
         summary["left_out"] = [s for s in strategies if s not in complete]
+        image_size = summary.pop("image_size")
         summary["setup"] = {"data": splits.source, "classes": splits.classes, "n_train": len(splits.train),
                             "n_val": len(splits.val), "n_test": summary["n_test"], "per_class": per_class,
                             "val_per_class": val_per_class, "test_fraction": test_fraction, "val_as_test": val_as_test,
                             "folds": folds, "roles": splits.roles if not folds else _folds_roles(splits.roles, folds),
                             "evidence": evidence_note(fold_splits, folds, summary["n_test"], summary["selected_on"]),
-                            "data_seed": data_seed, "model": base.model, "image_size": summary.pop("image_size"),
+                            "data_seed": data_seed, "model": base.model, "image_size": image_size,
                             "epochs": epochs, "augment": augment, "seeds": list(seeds), "strategies": complete,
                             "command": command, "environment": summary.pop("environment"),
-                            "ghost_batch_norm": ghost_cells(base, complete, epochs, augment),
+                            "ghost_batch_norm": ghost_cells(base, complete, epochs, augment, image_size),
                             "placement": placement(splits, base)}  # its cell of the lesson's 2 × 2
         write_json(out / SUMMARY_FILE, summary)
         if failed:

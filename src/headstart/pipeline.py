@@ -43,7 +43,7 @@ from headstart.runs import (
 )
 from headstart.stats import RunPredictions, headline_metric, metric_interval
 from headstart.strategies import Strategy, describe_strategy
-from headstart.train import (FitResult, Split, TrainConfig, check_ghost_batch_norm, eval_loader, fit, predict_batches,
+from headstart.train import (FitResult, Split, TrainConfig, batchnorm_parts, check_ghost_batch_norm, eval_loader, fit, predict_batches,
                              resolve_strategy)
 from headstart.transforms import suggest_image_size
 
@@ -195,6 +195,7 @@ def run_config(cfg: TrainConfig, strategy: Strategy, model: StagedModel, splits:
             "test_files": len(splits.test) if splits.test is not None else 0,
             "roles": splits.roles, "fingerprints": role_fingerprints(splits),
             "precision": precision_plan(cfg.precision, pick_device(cfg.device)),  # what `train.precision` became here
+            "batchnorm_parts": batchnorm_parts(cfg, strategy, model.preprocessing.image_size),  # ... and --ghost-bn
             "command": command, "environment": environment()}
 
 
@@ -213,7 +214,7 @@ def resume_point_for(out: Path, config: dict) -> dict | None:
     point, then = saved
     now = plain(config)
     differ = [k for k in ("model", "classes", "data", "per_class", "data_seed", "n_train", "val_files", "strategy",
-                          "fingerprints") if then.get(k) != now.get(k)]
+                          "fingerprints", "batchnorm_parts") if then.get(k) != now.get(k)]
     differ += [f"train.{k}" for k in now["train"] if k not in _NOT_IDENTITY and then["train"].get(k) != now["train"][k]]
     if differ:
         raise HeadstartError(f"{out} holds a resume point of another run (it differs in {', '.join(differ)}); "

@@ -89,7 +89,8 @@ class TrainConfig:
     micro_batch: int | None = None
     # Where BatchNorm trains (scratch, --train-bn): the batch goes through in parts of this many images, each part
     # normalised with its own statistics ("ghost" batch norm, Hoffer et al. 2017): a quarter of the activation memory
-    # and faster per image on the CPU at 224 px (bench/ghost_bn.py), but not the whole batch's step. None: whole.
+    # and faster per image on the CPU at 224 px (bench/ghost_bn.py), but not the whole batch's step. None: automatic
+    # (`ghost_batch_norm_size`: parts only where the batch exceeds the micro-batch budget), 0: the whole batch.
     ghost_batch_norm: int | None = None
     # issue #4 (analysis): forgetting
     l2sp: float = 0.0  # > 0: alpha of the L2-SP penalty alpha/2 ||w - w0||^2 on trainable backbone weights
@@ -108,10 +109,11 @@ class TrainConfig:
 def check_ghost_batch_norm(cfg: TrainConfig) -> None:
     """One run asked for ghost batch norm: refuse a value or a strategy it cannot apply to, rather than ignore it.
     (compare passes it to every cell; it applies to those whose BatchNorm trains.)"""
-    if cfg.ghost_batch_norm is None:
+    if not cfg.ghost_batch_norm:  # automatic or off: right for every strategy
         return
-    if cfg.ghost_batch_norm < 1:
-        raise HeadstartError("--ghost-bn is the number of images per BatchNorm batch: give 1 or more")
+    if cfg.ghost_batch_norm < 0:
+        raise HeadstartError("--ghost-bn is the number of images per BatchNorm batch: give 1 or more (0: the whole "
+                             "batch)")
     if not trains_batchnorm(resolve_strategy(cfg)):
         raise HeadstartError(f"--ghost-bn applies where BatchNorm trains, and {cfg.strategy} keeps the pretrained "
                              "statistics: drop it, or add --train-bn (scratch always trains them)")
@@ -352,6 +354,27 @@ def batchnorm_in_training(model: torch.nn.Module) -> bool:
     return any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 
+def ghost_batch_norm_size(requested: int | None, batch_per_process: int, image_size: int) -> int | None:
+    """Images per part of a batch where BatchNorm trains (each part normalised with its own statistics), or None for
+    the whole batch. `requested` None is automatic: the micro-batch budget's number of images (MICRO_BATCH_PIXELS,
+    8 at 224 px), so a run splits its batch only where a whole one would keep more activations than that — 224-px
+    runs do (chosen on val: bench/ghost_bn.py, better and 1.4x faster there), runs at 112 px or less keep their
+    batch of 32 whole; the automatic parts are of equal size (11 + 11 + 10 at 160 px). 0 is off."""
+    if requested is None:
+        budget = max(1, MICRO_BATCH_PIXELS // (image_size * image_size))
+        requested = math.ceil(batch_per_process / math.ceil(batch_per_process / budget))
+    return requested if 0 < requested < batch_per_process else None
+
+
+def batchnorm_parts(cfg: TrainConfig, strategy: Strategy, image_size: int) -> int | None:
+    """Images per BatchNorm part of this run's training batches (ghost batch norm), or None where its BatchNorm
+    trains on whole batches or not at all: what config.json records and compare holds finished runs to, since
+    the same request (automatic) means other parts at another image size."""
+    if not trains_batchnorm(strategy):
+        return None
+    return ghost_batch_norm_size(cfg.ghost_batch_norm, math.ceil(cfg.batch_size / cfg.devices), image_size)
+
+
 def micro_batch_size(cfg: TrainConfig, model: torch.nn.Module, image_size: int, world_size: int) -> int | None:
     """Images per forward/backward pass, or None for the whole batch. Splitting a batch and adding the parts'
     gradients gives the same optimizer step only where no layer normalises with the batch's own statistics, so
@@ -359,10 +382,9 @@ def micro_batch_size(cfg: TrainConfig, model: torch.nn.Module, image_size: int, 
     or `--train-bn`) and in one process (with several, each already holds batch / processes). Automatic: as many
     images as MICRO_BATCH_PIXELS allows at this image size — a full training step of Lite0 at 224 px on a batch of
     32 keeps ~3.9 GB of activations for backward; in micro-batches of 8, a quarter of that. Where BatchNorm trains,
-    the parts are `cfg.ghost_batch_norm` images (ghost batch norm), or none."""
-    if batchnorm_in_training(model):  # parts would normalise with other statistics: only where asked for (ghost BN)
-        ghost = cfg.ghost_batch_norm
-        return ghost if ghost and ghost < math.ceil(cfg.batch_size / world_size) else None
+    the parts are ghost batch norm's (`ghost_batch_norm_size`), each normalised with its own statistics."""
+    if batchnorm_in_training(model):  # parts normalise with their own statistics: ghost batch norm, another step
+        return ghost_batch_norm_size(cfg.ghost_batch_norm, math.ceil(cfg.batch_size / world_size), image_size)
     if cfg.micro_batch == 0 or world_size > 1:
         return None
     micro = cfg.micro_batch or max(1, MICRO_BATCH_PIXELS // (image_size * image_size))
