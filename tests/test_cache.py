@@ -58,6 +58,26 @@ def test_second_decode_hits_the_cache(tmp_path, count_decodes):
     assert second.kept == first.kept == list(range(6))
 
 
+def test_the_record_of_cache_use_says_what_was_built_and_what_was_read_back(tmp_path, count_decodes):
+    """Inside recording_cache_use: the first decode is built (with its seconds), the second read back with the
+    builder's seconds (what reusing it saved); outside it nothing is recorded."""
+    images, _ = load_class_folders(make_folder(tmp_path / "data"))
+    decode_images(images, PRE, tmp_path / "unrecorded")
+    with cache.recording_cache_use() as used:
+        decode_images(images, PRE, tmp_path / "c")
+        decode_images(images, PRE, tmp_path / "c")
+    built, read = used
+    assert [built["reused"], read["reused"]] == [False, True] and built["key"] == read["key"]
+    assert built["store"] == "decoded" and built["shape"] == [6, 32, 32, 3] and built["seconds"] > 0
+    assert read["seconds"] == built["seconds"]  # the builder's time, kept in the entry's metadata
+    assert cache.describe_use(built) == "decoded 6 images"
+    assert cache.describe_use({"store": "features", "shape": [8, 6, 1280], "start": 4, "views": 8}) == (
+        "features @ stage 4 × 8 views (6 images)")
+    with cache.recording_cache_use() as later:
+        pass
+    assert later == [] and len(used) == 2
+
+
 def test_no_cache_writes_nothing_and_matches(tmp_path, count_decodes):
     images, _ = load_class_folders(make_folder(tmp_path / "data"))
     cached = decode_images(images, PRE, tmp_path / "c")

@@ -78,6 +78,24 @@ def test_summary_equals_statistics_recomputed_from_the_runs_records(finished):
     assert on_disk["sentence"] == verdict["sentence"]
 
 
+def test_nothing_is_computed_twice_across_the_cells_and_the_summary_says_what_each_reused(finished):
+    """Every cache entry (decoded images, frozen features) is built by one run of the comparison and read back by
+    the others that need it: no key is built twice, the later cells reuse the decoded images (the test model's
+    random weights differ per seed, so its features do too); the summary adds up the runs' records."""
+    out, summary = finished
+    records = {d.name: json.loads((d / "run.json").read_text())["cache"] for d in sorted((out / "runs").iterdir())}
+    built = [r["key"] for rs in records.values() for r in rs if not r["reused"]]
+    assert built and len(built) == len(set(built))
+    assert all(r["reused"] for name, rs in records.items() if name != "scratch-seed0"
+               for r in rs if r["store"] == "decoded")
+    runs = [r for row in summary["strategies"].values() for r in row["runs"]]
+    assert summary["cache"]["runs"] == len(runs) == len(records)
+    assert summary["cache"]["computed"] == len(built)
+    assert summary["cache"]["reused"] == sum(r["reused"] for rs in records.values() for r in rs) > 0
+    assert all(r["cache"]["computed"] or r["cache"]["reused"] for r in runs)
+    assert "read" in (out / "report.md").read_text() and "Computed once and shared" in (out / "report.md").read_text()
+
+
 def test_controlled_settings_are_the_same_for_every_strategy(finished):
     out, summary = finished
     configs = {n: json.loads((run_dir(out, n, 0) / "config.json").read_text())["train"] for n in STRATEGIES}

@@ -12,6 +12,10 @@ length on disk, a checksum of sampled blocks), each written atomically, the meta
 complete when its metadata exists and matches its array. A reader that finds an entry missing, truncated or
 not matching rebuilds it. Two processes filling the same entry take turns on a per-entry lock: the second
 waits for the first and reads its result instead of computing it again.
+
+What was computed and what was reused is on the record: code run inside `recording_cache_use()` gets one line per
+entry it touched (built here, or read back with the seconds its builder spent), so a run's run.json, and
+compare's summary over its cells, can say what each one computed and what it took from another.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,23 +109,69 @@ def write_entry(folder: Path, key: str, array: np.ndarray, meta: dict, mmap_mode
     return np.load(array_path, mmap_mode=mmap_mode), json.loads(json.dumps(meta))
 
 
+_CACHE_USE: ContextVar[list[dict] | None] = ContextVar("headstart_cache_use", default=None)
+
+
+@contextmanager
+def recording_cache_use() -> Iterator[list[dict]]:
+    """The cache entries that the code inside builds or reads, one record each, appended as they happen:
+    {"store": "decoded" | "features", "reused": whether it was there already (built by an earlier run, another
+    cell, or another process we waited for), "seconds": what building it took (when reused: what its builder
+    spent, so what reusing it saved; None for entries older than that record), "shape", "mb", and the entry's
+    description (the prefix's stage and views for features)}. Wrapped around a run, not inside its loop."""
+    token = _CACHE_USE.set([])
+    try:
+        yield _CACHE_USE.get()
+    finally:
+        _CACHE_USE.reset(token)
+
+
+def _note_use(folder: Path, key: str, entry: tuple[np.ndarray, dict], reused: bool) -> None:
+    records = _CACHE_USE.get()
+    if records is None:
+        return
+    array, meta = entry
+    described = {k: meta[k] for k in ("start", "views") if k in meta}
+    records.append({"store": folder.name, "key": key[:16], "reused": reused, "seconds": meta.get("build_seconds"),
+                    "shape": list(array.shape), "mb": round(array.nbytes / 2**20, 1), **described})
+
+
+def describe_use(record: dict) -> str:
+    """One `recording_cache_use` record in words: 'decoded 195 images', 'features @ stage 4 × 8 views (195 images)'."""
+    shape = record["shape"]
+    if record["store"] != "features":
+        return f"{record['store']} {shape[0]} images"
+    views = record.get("views") or 0
+    return (f"features @ stage {record.get('start')}" + (f" × {views} views" if views else "")
+            + f" ({shape[1] if views else shape[0]} images)")
+
+
 def cached_entry(folder: Path, key: str, build: Callable[[], tuple[np.ndarray, dict] | None],
                  mmap_mode: str = "r") -> tuple[np.ndarray, dict] | None:
     """Entry `key` of `folder`, built by `build()` (array, metadata) when it is not there or not whole. One
     process builds an entry at a time: a second one waits for the first (the lock dies with its process, so a
     killed builder never blocks anyone) and then reads what it wrote. `build` may return None: nothing is
-    stored."""
+    stored. The entry's metadata keeps the seconds `build` took (`build_seconds`), for `recording_cache_use`."""
     entry = read_entry(folder, key, mmap_mode)
     if entry is not None:
+        _note_use(folder, key, entry, reused=True)
         return entry
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive(folder / f"{key}.lock", on_wait=lambda pid: _say_waiting(folder / key, pid)):
         entry = read_entry(folder, key, mmap_mode, report=False)  # the process we waited for may have written it
         if entry is not None:
+            _note_use(folder, key, entry, reused=True)
             return entry
         remove_stale_temps(folder)  # what killed builders left behind, this entry's or another's
+        started = time.perf_counter()
         built = build()
-        return None if built is None else write_entry(folder, key, *built, mmap_mode=mmap_mode)
+        if built is None:
+            return None
+        array, meta = built
+        entry = write_entry(folder, key, array, {**meta, "build_seconds": round(time.perf_counter() - started, 3)},
+                            mmap_mode=mmap_mode)
+        _note_use(folder, key, entry, reused=False)
+        return entry
 
 
 def _say_waiting(entry: Path, pid: int | None) -> None:

@@ -42,7 +42,7 @@ from headstart.analysis.recommend import placement
 from headstart.report.html import write_compare_report
 from headstart.report.markdown import write_compare_markdown
 from headstart.backbones import resolve_backbone
-from headstart.cache import decode_images
+from headstart.cache import decode_images, describe_use
 from headstart.console import info, warn
 from headstart.data import DataSplits, kfold_splits, load_data, role_fingerprints
 from headstart.errors import HeadstartError
@@ -392,7 +392,31 @@ def run_stats(out: Path, directory: Path) -> dict:
         "wall_seconds": run["train_seconds"],
         "trainable_params": run["trainable_params_max"],
         "epochs": len(history),
+        "cache": cache_use(run.get("cache")),
     }
+
+
+def cache_use(records: list[dict] | None) -> dict | None:
+    """What one run computed and what it found computed already (run.json `cache`), in words and seconds; None
+    for runs from before that record."""
+    if records is None:
+        return None
+    computed, reused = [r for r in records if not r["reused"]], [r for r in records if r["reused"]]
+    return {"computed": [describe_use(r) for r in computed], "reused": [describe_use(r) for r in reused],
+            "seconds_computed": round(sum(r["seconds"] or 0 for r in computed), 1),
+            "seconds_saved": round(sum(r["seconds"] or 0 for r in reused), 1)}
+
+
+def cache_totals(table: dict[str, dict]) -> dict | None:
+    """Over every run of the comparison: entries computed and reused, the seconds computing took and the seconds
+    that reusing saved (what the entries' builders had spent)."""
+    uses = [r["cache"] for row in table.values() for r in row["runs"] if r["cache"] is not None]
+    if not uses:
+        return None
+    return {"runs": len(uses), "computed": sum(len(u["computed"]) for u in uses),
+            "reused": sum(len(u["reused"]) for u in uses),
+            "seconds_computed": round(sum(u["seconds_computed"] for u in uses), 1),
+            "seconds_saved": round(sum(u["seconds_saved"] for u in uses), 1)}
 
 
 def read_strategy(directory: Path) -> Strategy:
@@ -464,4 +488,4 @@ def summarize(out: str | Path, strategies: list[str], seeds: list[int], folds: i
             "best": judged.best, "tied": judged.tied, "sentence": judged.sentence, "verdict": asdict(judged),
             "strategies": table, "ranking": ranked, "n_test": len(pooled),
             "selected_on": "val_balanced_accuracy" if "val_balanced_accuracy" in selected else "val_accuracy",
-            "image_size": image_size, "environment": environment}
+            "image_size": image_size, "environment": environment, "cache": cache_totals(table)}

@@ -28,7 +28,7 @@ from headstart import __version__, engine
 from headstart.analysis.check import preflight
 from headstart.analysis.drift import build_monitor
 from headstart.backbones import StagedModel, count_params, load_backbone
-from headstart.cache import decode_images
+from headstart.cache import decode_images, recording_cache_use
 from headstart.console import console, info, warn_skipped
 from headstart.data import DataSplits, ImageSet, image_id, load_data, role_fingerprints
 from headstart.engine import pick_device
@@ -137,7 +137,20 @@ def train(data: str | Path | DataSplits, cfg: TrainConfig | None = None, out: st
 
 def train_into(out: Path, splits: DataSplits, strategy: Strategy, cfg: TrainConfig, fabric, *, per_class: int | None,
                data_seed: int, command: str | None) -> dict | None:
-    """`train` after the data is resolved and `out` is held: build, fit, and write the run directory."""
+    """`train` after the data is resolved and `out` is held: build, fit, and write the run directory. run.json
+    says which cache entries the run computed and which it reused (`cache`: decoded images, frozen features), so
+    compare can report what its cells shared."""
+    with recording_cache_use() as cache_use:
+        run = build_fit_and_write(out, splits, strategy, cfg, fabric, per_class=per_class, data_seed=data_seed,
+                                  command=command)
+    if run is not None:
+        run["cache"] = cache_use
+        write_json(out / RUN_FILE, run)
+    return run
+
+
+def build_fit_and_write(out: Path, splits: DataSplits, strategy: Strategy, cfg: TrainConfig, fabric, *,
+                        per_class: int | None, data_seed: int, command: str | None) -> dict | None:
     first = fabric.is_global_zero
     model = build_model(cfg, strategy, len(splits.classes))
     with fabric.rank_zero_first():  # the first process decodes into the cache, the others read what it wrote

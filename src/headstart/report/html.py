@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.report.diagram import DiagramRow, diagram_row, human, strategy_diagram
-from headstart.report.markdown import (badge, cell_text, data_name, decision_cells, evidence, findings, ghost_text,
+from headstart.report.markdown import (badge, cache_text, cell_text, data_name, decision_cells, evidence, findings, ghost_text,
                                        pct, placement_text, pts, results_rows)
 from headstart.report.plots import plot_confusion, plot_curves, subplots
 from headstart.runs import CONFIG_FILE, HISTORY_FILE, atomic_write_text, best_run, read_history, read_run
@@ -304,7 +304,8 @@ def compare_html(out: Path, summary: dict) -> str:
         '<p class="note">Intervals: 95%, over the test images and the seeds (stats.py). Val accuracy: the best '
         "epoch's, on the very images that chose it, so it flatters. Train accuracy and gap: the last epoch. A large "
         "gap means the model learned its training images rather than the task. Seconds: training time, decoding "
-        "excluded; a frozen prefix whose features an earlier run on the same images cached costs nothing here.</p>",
+        "excluded; a frozen prefix whose features an earlier run on the same images cached costs nothing here. "
+        f"{escape(cache_text(summary))}</p>",
         "<h2>Learning curves</h2>",
         img(png_uri(plot_compare_curves(curves, chance)), "learning curves of every strategy"),
         f'<p class="note">Means over {len(seeds)} seed(s){" and the folds" if setup.get("folds") else ""}, on train '

@@ -182,6 +182,18 @@ def badge(row: dict) -> str:
     return "winner" if row["winner"] else "recommended" if row["recommended"] else "tied" if row["tied"] else ""
 
 
+def cache_text(summary: dict) -> str:
+    """What the cells computed once and shared (decoded images, frozen features), or '' for runs without that
+    record: the experiment's cost depends on it as much as on the strategies."""
+    cache = summary.get("cache")
+    if not cache:
+        return ""
+    return (f"Computed once and shared: the {cache['runs']} runs built {cache['computed']} cache entries (decoded "
+            f"images, frozen features; {cache['seconds_computed']:.0f} s) and read {cache['reused']} back instead "
+            f"of computing them again (their builders had spent {cache['seconds_saved']:.0f} s); each run's list is "
+            "in summary.json (`cache`).")
+
+
 def compare_markdown(summary: dict) -> str:
     setup = summary["setup"]
     metric = summary["metric"].replace("_", " ")
@@ -193,6 +205,7 @@ def compare_markdown(summary: dict) -> str:
     lines += [f"Data: {setup['data']}. {setup['model']} at {setup['image_size']}px · {sizes} · "
               f"classes {', '.join(setup['classes'])} · {setup['epochs']} epochs · augmentation `{setup['augment']}` "
               f"for every strategy · seeds {', '.join(map(str, setup['seeds']))}{ghost_text(setup)}", ""]
+    lines += [cache_text(summary), ""] if cache_text(summary) else []
     lines += [f"| strategy | what trains | test {metric} (95% interval) | per {runs.rstrip('s')} | "
               "val accuracy (best epoch, selected on) | train acc | gap (train − val) | trainable params | seconds |",
               "|---|---|---|---|---|---|---|---|---|"]
