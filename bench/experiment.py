@@ -78,7 +78,9 @@ def answer(summary: dict) -> dict:
     strategies = {name: {"test_mean": iv["estimate"], "low": iv["low"], "high": iv["high"]}
                   for name, iv in intervals.items()}
     verdict = {k: summary[k] for k in ("best", "winner", "tied", "recommended")}
-    return {"cells": cells, "strategies": strategies, "verdict": verdict, "sentence": summary["sentence"]}
+    return {"cells": cells, "strategies": strategies, "verdict": verdict, "sentence": summary["sentence"],
+            "cache": summary.get("cache"),  # entries computed and reused across the cells, with their seconds
+            "train_seconds": {name: row["wall_seconds_mean"] for name, row in summary["strategies"].items()}}
 
 
 def agreement(reference: dict, other: dict) -> dict:
