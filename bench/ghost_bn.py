@@ -26,15 +26,16 @@ from run import timed  # bench/run.py: a process's wall time and peak RSS (wait4
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "hymenoptera" / "train"
 OUT = HERE / "results" / "ghost-bn.json"
-SETTINGS = dict(image_size=224, epochs=5, batch_size=32, seeds=(0, 1, 2), ghost=(None, 8))
+# ghost 0: the whole batch (`--ghost-bn 0`). The committed results were measured when no flag meant that, and say
+# "ghost_batch_norm=None" for it; no flag means parts of 8 at 224 px since (the default this benchmark chose).
+SETTINGS = dict(image_size=224, epochs=5, batch_size=32, seeds=(0, 1, 2), ghost=(0, 8))
 
 
-def one_run(ghost: int | None, seed: int, out: Path) -> dict:
+def one_run(ghost: int, seed: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "headstart.cli", "train", str(DATA), "--strategy", "scratch", "--model",
            "efficientnet_lite0", "--epochs", str(SETTINGS["epochs"]), "--image-size", str(SETTINGS["image_size"]),
-           "--batch-size", str(SETTINGS["batch_size"]), "--seed", str(seed), "--out", str(out), "--no-cache"]
-    if ghost:
-        cmd += ["--ghost-bn", str(ghost)]
+           "--batch-size", str(SETTINGS["batch_size"]), "--seed", str(seed), "--out", str(out), "--no-cache",
+           "--ghost-bn", str(ghost)]
     process = timed(cmd, out.parent / f"{out.name}.log")
     run = json.loads((out / "run.json").read_text())
     return {"ghost_batch_norm": ghost, "seed": seed, "val_accuracy_best": run["val_accuracy_best"],
