@@ -9,6 +9,8 @@ like bench/run.py does; the variants of a case run the same experiment, so their
     ray         every cell a Ray task on a local Ray instance, one cell at a time with as many CPUs as the
                 serial run has torch threads (so the arithmetic, thread split included, is the same)
     bf16        serial, with --precision bf16 (forward passes in bf16 autocast where the CPU has it)
+    ghost-bn    serial, scratch's BatchNorm over parts of 8 (the default at 224 px since 2026-12-01)
+    whole-bn    serial, scratch's batch of 32 whole (the default before; `serial` meant this until then)
 
 For each variant: wall seconds, the compare process's peak RSS (Ray's workers are not its children and are
 not included), every cell's test accuracy, each strategy's mean with its interval, and the verdict. Against
