@@ -102,10 +102,11 @@ def assert_same_run(run, reference) -> None:
 
 
 def what_it_concluded(summary: dict) -> dict:
-    """The summary less what depends on the clock (seconds, and the cheapest-of-the-tied choice made by them)."""
+    """The summary less what depends on the clock (seconds, and the cheapest-of-the-tied choice made by them) and
+    on what the cache held when a run started (which entries it built and which it read back)."""
     keep = ("metric", "winner", "best", "tied", "ranking", "n_test", "chance")
     table = {name: {"test": row["test"], "test_per_seed": row["test_per_seed"],
-                    "runs": [{k: v for k, v in r.items() if "seconds" not in k} for r in row["runs"]],
+                    "runs": [{k: v for k, v in r.items() if "seconds" not in k and k != "cache"} for r in row["runs"]],
                     **{k: v for k, v in row.items() if k.startswith(("val_", "final_", "gap", "trainable"))}}
              for name, row in summary["strategies"].items()}
     return {**{k: summary[k] for k in keep}, "strategies": table}
@@ -120,6 +121,9 @@ def test_a_local_ray_cluster_gives_the_serial_answer(ray_cluster, serial, data, 
                       executor=RayExecutor())
     assert what_it_concluded(summary) == what_it_concluded(expected)
     assert summary["failed"] == [] and summary["left_out"] == []
+    # the workers read the cache the serial run filled (the same folder): they computed none of it again
+    assert summary["cache"]["computed"] == 0 and summary["cache"]["reused"] == expected["cache"]["reused"] + \
+        expected["cache"]["computed"]
     for strategy in STRATEGIES:
         for seed in SEEDS:
             assert_same_run(cell_dir(out, strategy, seed), cell_dir(reference, strategy, seed))
