@@ -15,7 +15,8 @@ and prices it at the measured rates. Everything else counts as free: epochs that
 features, computing those features, data loading, model loads, reports. So the figure is a floor: no way of
 scheduling the same experiment (same strategies, epochs, images, monitor, number format) runs faster here.
 
-    PYTHONPATH=src python bench/floor.py runs/hymenoptera/default   ->  bench/results/floor-hymenoptera.json
+    PYTHONPATH=src:bench python bench/floor.py runs/cifar500/default runs/hymenoptera-cv/default
+        ->  bench/results/floor.json
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from run import machine
 
-RESULTS = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parent / "results" / "floor.json"
 BATCH, PART, INFERENCE_BATCH, STEPS = 32, 8, 16, 3
 
 
@@ -89,17 +90,10 @@ def unavoidable_work(run_dir: Path) -> dict:
             + monitor_calls * (forgetting.get("images_per_call") or 0)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("compare_folder", type=Path, help="a finished comparison (the folder with summary.json)")
-    ap.add_argument("--name", help="results file name: bench/results/floor-NAME.json (default: the case's name)")
-    args = ap.parse_args()
-    summary = json.loads((args.compare_folder / "summary.json").read_text())
-    size = summary["setup"]["image_size"]
-    runs = [unavoidable_work(d) for d in sorted((args.compare_folder / "runs").iterdir()) if (d / "run.json").is_file()]
-    measured = {"fp32": rates(size, "fp32")}
-    if torch.cpu.get_capabilities().get("avx512_bf16") or torch.cpu.get_capabilities().get("amx_bf16"):
-        measured["bf16"] = rates(size, "bf16")
+def floor_of(folder: Path, measured: dict) -> dict:
+    """One finished comparison's floor at the measured rates, beside the training seconds its runs recorded."""
+    summary = json.loads((folder / "summary.json").read_text())
+    runs = [unavoidable_work(d) for d in sorted((folder / "runs").iterdir()) if (d / "run.json").is_file()]
     floors = {}
     for precision, r in measured.items():
         per_strategy: dict[str, float] = {}
@@ -109,20 +103,34 @@ def main() -> None:
             per_strategy[run["strategy"]] = per_strategy.get(run["strategy"], 0.0) + seconds
         floors[precision] = {"total_minutes": round(sum(per_strategy.values()) / 60, 2),
                              "per_strategy_seconds": {k: round(v, 1) for k, v in per_strategy.items()}}
-    trained = {}
+    trained: dict[str, float] = {}
     for run in runs:
         trained[run["strategy"]] = round(trained.get(run["strategy"], 0.0) + run["train_seconds"], 1)
-    name = args.name or args.compare_folder.parent.name
-    record = {"comparison": str(args.compare_folder), "command": summary["setup"].get("command"), "image_size": size,
-              "runs": len(runs), "machine": machine(), "measured_rates": measured, "floor": floors,
-              "train_seconds_measured": trained,
-              "train_minutes_measured": round(sum(trained.values()) / 60, 2),
-              "work": {k: sum(r[k] for r in runs) for k in ("whole_network_training_images", "forward_passes")},
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    out = RESULTS / f"floor-{name}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("measured_rates", "floor", "train_minutes_measured")}, indent=1))
-    print(f"wrote {out}")
+    return {"command": summary["setup"].get("command"), "image_size": summary["setup"]["image_size"],
+            "runs": len(runs), "floor": floors, "train_seconds_measured": trained,
+            "train_minutes_measured": round(sum(trained.values()) / 60, 2),
+            "work": {k: sum(r[k] for r in runs) for k in ("whole_network_training_images", "forward_passes")}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("comparisons", type=Path, nargs="+", help="finished comparisons (folders with summary.json)")
+    ap.add_argument("--image-size", type=int, default=224, help="the size their runs trained at (the rates' size)")
+    args = ap.parse_args()
+    measured = {"fp32": rates(args.image_size, "fp32")}
+    capabilities = torch.cpu.get_capabilities()
+    if capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"):
+        measured["bf16"] = rates(args.image_size, "bf16")
+    record = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "image_size": args.image_size, "measured_rates": measured,
+              "comparisons": {str(folder): floor_of(folder, measured) for folder in args.comparisons}}
+    for folder, result in record["comparisons"].items():
+        if result["image_size"] != args.image_size:
+            raise SystemExit(f"{folder} trained at {result['image_size']} px, the rates are at {args.image_size}")
+    OUT.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({"rates": measured, **{k: {"floor": v["floor"], "measured_minutes": v["train_minutes_measured"]}
+                                            for k, v in record["comparisons"].items()}}, indent=1))
+    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":
