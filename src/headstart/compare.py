@@ -142,10 +142,12 @@ def is_finished(directory: Path, cfg: TrainConfig, data: dict | None = None) -> 
         elif then != fingerprints:
             roles = [r for r in ("train", "val", "test") if then.get(r) != fingerprints.get(r)]
             differ.append(f"images: other {', '.join(roles)} images (same settings, different content)")
-    # ghost batch norm as it was resolved then (runs before its automatic default: the part size they asked for)
+    # ghost batch norm as it was resolved then (runs before its automatic default: the part size they asked for,
+    # no request meaning the whole batch)
+    size = config["preprocessing"]["image_size"]
     then_parts = config["batchnorm_parts"] if "batchnorm_parts" in config else ghost_batch_norm_size(
-        done.get("ghost_batch_norm") or 0, math.ceil(cfg.batch_size / cfg.devices), 0)
-    now_parts = batchnorm_parts(cfg, resolve_strategy(cfg), config["preprocessing"]["image_size"])
+        done.get("ghost_batch_norm") or 0, math.ceil(cfg.batch_size / cfg.devices), size)
+    now_parts = batchnorm_parts(cfg, resolve_strategy(cfg), size)
     if then_parts != now_parts:
         differ.append(f"images per BatchNorm part (--ghost-bn): {then_parts} then vs {now_parts} now")
     # the strategy as it was resolved then: a default changed in the code since makes it another experiment

@@ -151,6 +151,8 @@ def train_into(out: Path, splits: DataSplits, strategy: Strategy, cfg: TrainConf
 
 def build_fit_and_write(out: Path, splits: DataSplits, strategy: Strategy, cfg: TrainConfig, fabric, *,
                         per_class: int | None, data_seed: int, command: str | None) -> dict | None:
+    """Everything but the cache record; the run.json it returns gains `forgetting` after finish_run wrote it, and
+    train_into writes it once more, whole."""
     first = fabric.is_global_zero
     model = build_model(cfg, strategy, len(splits.classes))
     with fabric.rank_zero_first():  # the first process decodes into the cache, the others read what it wrote
@@ -184,7 +186,6 @@ def build_fit_and_write(out: Path, splits: DataSplits, strategy: Strategy, cfg: 
         last = [row for row in result.history if monitor.measured(row)][-1]  # the last epoch it measured
         run["forgetting"] = {**monitor.summary(), "l2sp": cfg.l2sp,
                              "final": {k: v for k, v in last.items() if k.startswith(("drift_", "cka_", "imagenet_top1"))}}
-        write_json(out / RUN_FILE, run)
         plot_forgetting(result.history, out / "forgetting.png", f"{cfg.model} · {strategy.name} · what fine-tuning changed",
                         monitor.imagenet_top1_pretrained)
     if not result.interrupted and not cfg.keep_checkpoints:

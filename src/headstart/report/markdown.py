@@ -205,7 +205,8 @@ def compare_markdown(summary: dict) -> str:
     lines += [f"Data: {setup['data']}. {setup['model']} at {setup['image_size']}px · {sizes} · "
               f"classes {', '.join(setup['classes'])} · {setup['epochs']} epochs · augmentation `{setup['augment']}` "
               f"for every strategy · seeds {', '.join(map(str, setup['seeds']))}{ghost_text(setup)}", ""]
-    lines += [cache_text(summary), ""] if cache_text(summary) else []
+    shared = cache_text(summary)
+    lines += [shared, ""] if shared else []
     lines += [f"| strategy | what trains | test {metric} (95% interval) | per {runs.rstrip('s')} | "
               "val accuracy (best epoch, selected on) | train acc | gap (train − val) | trainable params | seconds |",
               "|---|---|---|---|---|---|---|---|---|"]
