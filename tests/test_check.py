@@ -58,6 +58,14 @@ def test_planted_problems_are_found(tmp_path):
     assert all(p.fix for p in report.problems)  # every problem comes with a fix
 
 
+def test_a_file_in_a_format_headstart_does_not_decode_is_unreadable_with_the_reason(tmp_path):
+    root = make_clean(tmp_path)
+    blobs(99).save(root / "train/ants/scan.png", format="EPS")  # PostScript: rendered by Ghostscript, never by us
+    found = kinds(check_data(root))
+    assert found["unreadable"].files == [str(root / "train/ants/scan.png")]
+    assert "not a JPEG, PNG" in found["unreadable"].message
+
+
 def test_fast_check_finds_leakage_without_decoding(tmp_path):
     root = make_clean(tmp_path)
     shutil.copy(root / "train/bees/0.png", root / "val/bees/copy.png")

@@ -64,7 +64,21 @@ def test_truncated_file(tmp_path):
 def test_text_file_named_jpg(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("not an image")
-    with pytest.raises(UnreadableImage, match="identify"):
+    with pytest.raises(UnreadableImage, match="not a JPEG, PNG"):
+        read_rgb(path)
+
+
+def test_a_postscript_file_named_jpg_is_refused_without_running_ghostscript(tmp_path, monkeypatch):
+    # Pillow picks its decoder by a file's first bytes, and its EPS decoder runs Ghostscript on the file
+    from PIL import EpsImagePlugin
+
+    def ghostscript(*args, **kwargs):
+        raise AssertionError("Ghostscript was run on a file from a class folder")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    path = save(Image.new("RGB", (16, 16), (10, 200, 30)), tmp_path / "photo.jpg", format="EPS")
+    assert path.read_bytes().startswith(b"%!PS")
+    with pytest.raises(UnreadableImage, match="not a JPEG, PNG"):
         read_rgb(path)
 
 

@@ -24,6 +24,12 @@ from PIL import Image, ImageOps
 # placeholders and animations (the hymenoptera data ships an `imageNotFound.gif`), not training photos.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
+# The decoders a file may reach, whatever its name says (Pillow picks one by the file's first bytes): the formats
+# above, and GIF for a file handed to `predict` by name. Pillow knows some forty more, and some are not safe on
+# files from strangers: an EPS or PostScript file is rendered by running Ghostscript on it, a program with a long
+# record of exploits. A picture in a format outside this list is refused, never decoded.
+DECODED_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "DIB", "TIFF", "WEBP", "GIF")
+
 # Pillow's own guard against decompression bombs is a warning up to 2x this many pixels; we make any image
 # larger than this an error, so a 50,000 x 50,000 PNG cannot take the machine's memory.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -63,17 +69,23 @@ def read_rgb(path: Path | str, min_size: int | None = None) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise UnreadableImage(f"too many pixels (a decompression bomb?): {e}", path) from e
     except Image.UnidentifiedImageError as e:
-        raise UnreadableImage("not an image Pillow can identify", path) from e
+        raise UnreadableImage("not a JPEG, PNG, TIFF, WebP, BMP, PPM/PGM or GIF image", path) from e
     # truncated data, broken headers, bad EXIF; and Pillow's warnings about them (corrupt EXIF, a bomb between
     # 1x and 2x Pillow's limit) when the warning filters make warnings errors (`python -W error`, pytest)
     except (OSError, SyntaxError, ValueError, Warning) as e:
         raise UnreadableImage(f"cannot decode: {e}", path) from e
 
 
+def open_image(path: Path | str) -> Image.Image:
+    """Pillow's lazy image (header read, no pixels yet), if the file is in one of DECODED_FORMATS: the only way
+    headstart opens an image file."""
+    return Image.open(path, formats=DECODED_FORMATS)
+
+
 def _decode_rgb(path: Path, min_size: int | None) -> Image.Image:
     if path.stat().st_size == 0:
         raise UnreadableImage("empty file (0 bytes)", path)
-    with Image.open(path) as img:
+    with open_image(path) as img:
         # Our own limit, from the header alone, before any pixel is decoded: Pillow only warns between 1x and 2x
         # its limit (the warning is printed, then this refuses the file), and a program may have lifted Pillow's
         # limit (Image.MAX_IMAGE_PIXELS = None) for its own reasons.

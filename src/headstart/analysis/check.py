@@ -34,7 +34,7 @@ from PIL import Image
 
 from headstart.console import warn
 from headstart.data import DataSplits, ImageSet, content_hash, load_data
-from headstart.images import UnreadableImage, read_rgb
+from headstart.images import UnreadableImage, open_image, read_rgb
 from headstart.stats import IMBALANCE_RATIO, is_imbalanced
 
 TINY_CLASS = 10  # fewer training images than this: a class the model can barely learn, and val is noise
@@ -205,9 +205,9 @@ def decode_image(images: ImageSet, ref: str) -> tuple[Image.Image, tuple[int, in
     """The image as training reads it, with its stored size and colour mode. Files are decoded at a reduced
     JPEG scale (both sides still >= THUMBNAIL_SIDE): everything the check computes is that small or smaller."""
     if images.read is read_rgb:
-        with Image.open(ref) as header:
-            size, mode = header.size, header.mode
-        return read_rgb(ref, min_size=THUMBNAIL_SIDE), size, mode
+        img = read_rgb(ref, min_size=THUMBNAIL_SIDE)  # first: a file it refuses gets its reason, not Pillow's
+        with open_image(ref) as header:
+            return img, header.size, header.mode
     img = images.read(ref)
     return img, img.size, "L" if img.mode == "L" else img.mode
 
