@@ -17,6 +17,9 @@ scheduling the same experiment (same strategies, epochs, images, monitor, number
 
     PYTHONPATH=src:bench python bench/floor.py runs/cifar500/default runs/hymenoptera-cv/default
         ->  bench/results/floor.json
+
+Comparisons already in floor.json that are not named again are kept, each with the rates and date it was priced
+at: a comparison's runs need not stay on disk for its floor to stay on record.
 """
 
 from __future__ import annotations
@@ -112,6 +115,14 @@ def floor_of(folder: Path, measured: dict) -> dict:
             "work": {k: sum(r[k] for r in runs) for k in ("whole_network_training_images", "forward_passes")}}
 
 
+def kept(entry: dict, earlier: dict) -> dict:
+    """An entry of an earlier floor.json, with the rates it was priced at (older files kept them at the top)."""
+    if "priced" in entry:
+        return entry
+    return {"priced": {"date": earlier["date"], "image_size": earlier["image_size"],
+                       "rates": earlier["measured_rates"]}, **entry}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("comparisons", type=Path, nargs="+", help="finished comparisons (folders with summary.json)")
@@ -121,15 +132,19 @@ def main() -> None:
     capabilities = torch.cpu.get_capabilities()
     if capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"):
         measured["bf16"] = rates(args.image_size, "bf16")
-    record = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "image_size": args.image_size, "measured_rates": measured,
-              "comparisons": {str(folder): floor_of(folder, measured) for folder in args.comparisons}}
-    for folder, result in record["comparisons"].items():
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    priced = {str(folder): {"priced": {"date": date, "image_size": args.image_size, "rates": measured},
+                            **floor_of(folder, measured)} for folder in args.comparisons}
+    for folder, result in priced.items():
         if result["image_size"] != args.image_size:
             raise SystemExit(f"{folder} trained at {result['image_size']} px, the rates are at {args.image_size}")
+    earlier = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    comparisons = {**{k: kept(v, earlier) for k, v in earlier.get("comparisons", {}).items()}, **priced}
+    record = {"machine": machine(), "date": date, "image_size": args.image_size, "measured_rates": measured,
+              "comparisons": comparisons}
     OUT.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({"rates": measured, **{k: {"floor": v["floor"], "measured_minutes": v["train_minutes_measured"]}
-                                            for k, v in record["comparisons"].items()}}, indent=1))
+                                            for k, v in priced.items()}}, indent=1))
     print(f"wrote {OUT}")
 
 

@@ -122,7 +122,7 @@ print("verdict:", committed["sentence"])
 # %% [markdown]
 # Both disagree, and for reasons worth knowing:
 #
-# * **Scratch did not overfit: it underfit.** After 8 epochs it fits only 58 % of its own training images, and
+# * **Scratch did not overfit: it underfit.** After 8 epochs it fits under 60 % of its own training images, and
 #   test is about the same. Overfitting (train ≫ val) needs enough optimisation steps to memorise; 8 epochs
 #   of 47 batches with augmentation are not enough for a 3.4M-parameter network from random weights. The
 #   lesson's 99 % / 35 % describes a run trained far longer.

@@ -61,7 +61,8 @@ print(f"at the lesson's full scale (500/class, 224 px, 8 epochs, 3 seeds): linea
 # the train column (did the extra layers fit the training images better, at this budget?), the test column,
 # and the paired differences under it, which say whether these test images can tell the runs apart at all.
 # At this notebook's small scale they often cannot. At the lesson's full scale (the committed comparison,
-# 3 seeds, printed last) fine-tuning the top beat the head alone by about 4 points, and LP-FT was best.
+# 3 seeds, printed last) fine-tuning the top beat the head alone by about 5 points, with `partial` and LP-FT
+# tied at the top.
 # "More is better" is neither true nor false: it is a measured question per dataset and budget (the
 # decision framework in notebook 6).
 #
