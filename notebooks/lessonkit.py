@@ -213,8 +213,14 @@ def versus(a: str, b: str) -> str:
     d = paired(a, b)
     said = (f"{a if d.difference > 0 else b} is ahead" if d.low > 0 or d.high < 0 else
             "no difference these test images can tell apart from zero")
-    return (f"{a} − {b}: {100 * d.difference:+.1f} points (95% interval {100 * d.low:+.1f} to {100 * d.high:+.1f}) "
-            f"→ {said}")
+    return (f"{a} − {b}: {signed_points(d.difference)} points (95% interval {signed_points(d.low)} to "
+            f"{signed_points(d.high)}) → {said}")
+
+
+def signed_points(fraction: float) -> str:
+    """A difference of accuracies in points with its sign, to one decimal: +0.0, never -0.0 (the rounding noise of
+    two identical accuracies)."""
+    return f"{round(100 * fraction, 1) + 0.0:+.1f}"
 
 
 def committed_comparison(name: str) -> dict:
