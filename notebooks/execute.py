@@ -41,7 +41,17 @@ def write_exercises() -> None:
     import jupytext
 
     EXERCISES.write_text(exercises_source(SOLUTIONS.read_text()))
-    jupytext.write(jupytext.read(EXERCISES), EXERCISES.with_suffix(".ipynb"))
+    nb = jupytext.read(EXERCISES)
+    number_cells(nb)
+    jupytext.write(nb, EXERCISES.with_suffix(".ipynb"))
+
+
+def number_cells(nb) -> None:
+    """Cell ids by position instead of nbformat's random ones, and no execution timestamps: executing a notebook
+    again changes its committed file only where an output changed."""
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:03d}"
+        cell.metadata.pop("execution", None)
 
 
 def machine_paths() -> list[tuple[str, str]]:
@@ -93,6 +103,7 @@ def save(nb, target: Path) -> None:
     import jupytext
 
     scrub(nb)
+    number_cells(nb)
     nb.metadata.pop("widgets", None)
     jupytext.write(nb, target, fmt="ipynb")
 

@@ -50,6 +50,9 @@ def test_every_committed_notebook_is_its_py_source_executed_without_machine_path
         assert not any(o.get("output_type") == "error" for c in code for o in c["outputs"]), source.name
         text = json.dumps([c["outputs"] for c in code])
         assert repo not in text and "/work/" not in text and "/home/" not in text, f"{source.name}: machine path"
+        # executing again changes the committed file only where an output changed: no random ids, no timestamps
+        assert [c["id"] for c in committed["cells"]] == [f"cell-{i:03d}" for i in range(len(committed["cells"]))]
+        assert not any("execution" in c["metadata"] for c in committed["cells"]), f"{source.name}: timestamps"
 
 
 @pytest.mark.slow
