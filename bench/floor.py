@@ -115,14 +115,6 @@ def floor_of(folder: Path, measured: dict) -> dict:
             "work": {k: sum(r[k] for r in runs) for k in ("whole_network_training_images", "forward_passes")}}
 
 
-def kept(entry: dict, earlier: dict) -> dict:
-    """An entry of an earlier floor.json, with the rates it was priced at (older files kept them at the top)."""
-    if "priced" in entry:
-        return entry
-    return {"priced": {"date": earlier["date"], "image_size": earlier["image_size"],
-                       "rates": earlier["measured_rates"]}, **entry}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("comparisons", type=Path, nargs="+", help="finished comparisons (folders with summary.json)")
@@ -139,7 +131,7 @@ def main() -> None:
         if result["image_size"] != args.image_size:
             raise SystemExit(f"{folder} trained at {result['image_size']} px, the rates are at {args.image_size}")
     earlier = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    comparisons = {**{k: kept(v, earlier) for k, v in earlier.get("comparisons", {}).items()}, **priced}
+    comparisons = {**earlier.get("comparisons", {}), **priced}
     record = {"machine": machine(), "date": date, "image_size": args.image_size, "measured_rates": measured,
               "comparisons": comparisons}
     OUT.write_text(json.dumps(record, indent=2) + "\n")

@@ -29,6 +29,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # files from strangers: an EPS or PostScript file is rendered by running Ghostscript on it, a program with a long
 # record of exploits. A picture in a format outside this list is refused, never decoded.
 DECODED_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "DIB", "TIFF", "WEBP", "GIF")
+DECODED_FORMAT_NAMES = "JPEG, PNG, TIFF, WebP, BMP, PPM/PGM or GIF"  # the same, as people name them
 
 # Pillow's own guard against decompression bombs is a warning up to 2x this many pixels; we make any image
 # larger than this an error, so a 50,000 x 50,000 PNG cannot take the machine's memory.
@@ -69,7 +70,7 @@ def read_rgb(path: Path | str, min_size: int | None = None) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise UnreadableImage(f"too many pixels (a decompression bomb?): {e}", path) from e
     except Image.UnidentifiedImageError as e:
-        raise UnreadableImage("not a JPEG, PNG, TIFF, WebP, BMP, PPM/PGM or GIF image", path) from e
+        raise UnreadableImage(f"not a {DECODED_FORMAT_NAMES} image", path) from e
     # truncated data, broken headers, bad EXIF; and Pillow's warnings about them (corrupt EXIF, a bomb between
     # 1x and 2x Pillow's limit) when the warning filters make warnings errors (`python -W error`, pytest)
     except (OSError, SyntaxError, ValueError, Warning) as e:
